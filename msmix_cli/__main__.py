@@ -1,0 +1,3 @@
+from msmix_cli.cli import main
+
+main()

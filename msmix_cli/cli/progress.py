@@ -1,0 +1,46 @@
+"""Rich rendering of the training loop's events: one progress bar, one line per epoch."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from msmix_cli.training.events import BatchDone, EpochDone, Event, RunStarted
+
+
+class TrainingProgress:
+    """A listener for `fit`: epoch and batch bars, running loss, validation MAE. Use as a context manager."""
+
+    def __init__(self, console: Console, verbose: bool = True) -> None:
+        self.console = console
+        self.verbose = verbose
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("valid MAE {task.fields[mae]}"), TimeElapsedColumn(),
+            console=console, transient=True,
+        )
+        self.epochs = self.batches = None
+
+    def __enter__(self) -> TrainingProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self.console.print(f"[dim]run[/] {event.run_dir}  [dim]data[/] {event.description}  "
+                               f"[dim]device[/] {event.device}  [dim]parameters[/] {event.parameters:,}", highlight=False)
+            self.epochs = self.progress.add_task("epochs", total=event.max_epochs, loss="-", mae="-")
+            self.batches = self.progress.add_task("epoch 1", total=event.batches_per_epoch, loss="-", mae="-")
+        elif isinstance(event, BatchDone):
+            self.progress.update(self.batches, completed=event.batch, description=f"epoch {event.epoch}", loss=f"{event.loss:.4f}")
+        elif isinstance(event, EpochDone):
+            mae = f"{event.valid_mae:.4f}"
+            self.progress.update(self.epochs, completed=event.epoch, loss=f"{event.train_loss:.4f}", mae=mae)
+            self.progress.update(self.batches, completed=0, mae=mae)
+            if self.verbose:
+                mark = "[green]*[/]" if event.improved else " "
+                self.console.print(f"epoch {event.epoch:3d}  train loss {event.train_loss:.4f}  valid loss {event.valid_loss:.4f}  "
+                                   f"valid MAE {mae} {mark}", highlight=False)

@@ -1,0 +1,205 @@
+"""`msmix train` and `msmix evaluate`: parse, call one library function, render."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from msmix_cli.cli.app import app, err, out, reports_errors
+from msmix_cli.cli.progress import TrainingProgress
+from msmix_cli.data.loading import data_root_default
+from msmix_cli.errors import BadInput
+from msmix_cli.models import count_parameters
+from msmix_cli.recipes import Recipe, resolve_recipe
+from msmix_cli.report import comparison_table, metrics_table, to_csv, to_json
+from msmix_cli.training import distributed
+from msmix_cli.training.loop import build, evaluate_run, fit
+from msmix_cli.training.perturb import PerturbSpec
+from msmix_cli.training.rundir import RunDir
+
+MIX_PARTS = ("sass", "sig", "sal")
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+def drop_overrides(drop: str | None, no_sass: bool, no_sig: bool, no_sal: bool) -> dict[str, bool]:
+    """`--drop sig,sal` / `--no-sig` -> {"sig": False, "sal": False} for the recipe's mix section."""
+    parts = {p.strip() for p in (drop or "").split(",") if p.strip()}
+    unknown = parts - set(MIX_PARTS)
+    if unknown:
+        raise BadInput(f"unknown MS-Mix part {sorted(unknown)[0]!r} in --drop; choose from: {', '.join(MIX_PARTS)}")
+    parts |= {name for name, flag in zip(MIX_PARTS, (no_sass, no_sig, no_sal)) if flag}
+    return {part: False for part in sorted(parts)}
+
+
+def training_overrides(mix: str | None, seed: int | None, device: str | None, max_epochs: int | None,
+                       samples: int | None, drops: dict[str, bool]) -> dict[str, dict[str, Any]]:
+    """The named CLI flags as recipe sections; only the flags the user gave."""
+    sections: dict[str, dict[str, Any]] = {"data": {}, "mix": dict(drops), "train": {}}
+    for section, key, value in (("mix", "name", mix), ("train", "seed", seed), ("train", "device", device),
+                                ("train", "max_epochs", max_epochs), ("data", "samples", samples)):
+        if value is not None:
+            sections[section][key] = value
+    return {k: v for k, v in sections.items() if v}
+
+
+def default_run_name(recipe: Recipe) -> str:
+    mix = recipe.mix.name + "".join(f"-no{p}" for p in MIX_PARTS if recipe.mix.name == "msmix" and not getattr(recipe.mix, p))
+    return f"{recipe.data.dataset}-{recipe.backbone}-{mix}-seed{recipe.train.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@app.command()
+@reports_errors
+@distributed.joins_process_group
+def train(
+    dataset: Optional[str] = typer.Option(None, help="synth (built-in), mosi, mosei or sims."),
+    backbone: Optional[str] = typer.Option(None, help="tfn, lmf, mult, misa, almt or glomo."),
+    mix: Optional[str] = typer.Option(None, help="none, mixup, manifold or msmix."),
+    recipe: Optional[Path] = typer.Option(None, help="A YAML recipe; default recipes/<dataset>-<backbone>.yaml."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe key, e.g. --set train.lr=1e-3 (repeatable)."),
+    seed: Optional[int] = typer.Option(None, help="Training seed."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
+    max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Hard limit on epochs."),
+    samples: Optional[int] = typer.Option(None, help="Size of the synthetic set (synth only)."),
+    drop: Optional[str] = typer.Option(None, help="MS-Mix parts to switch off: sass,sig,sal."),
+    no_sass: bool = typer.Option(False, "--no-sass", help="Pairs drawn at random instead of by similarity."),
+    no_sig: bool = typer.Option(False, "--no-sig", help="One Beta ratio for every modality."),
+    no_sal: bool = typer.Option(False, "--no-sal", help="No sentiment alignment loss."),
+    out_dir: Path = typer.Option(Path("runs"), "--out", help="Folder that receives the run directory."),
+    name: Optional[str] = typer.Option(None, help="Run directory name (default: dataset-backbone-mix-seed-time)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data folder (default $MSMIX_DATA_ROOT or ./data)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate the recipe, build the model, print it; train nothing."),
+    resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run directory from its last complete epoch."),
+    output: OutputFormat = typer.Option(OutputFormat.table, "--format", help="How to print the test metrics."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes to train with DistributedDataParallel (one per GPU "
+                              "with --device cuda); launches torchrun. train.batch_size is per process."),
+) -> None:
+    """Train a backbone with a mixer and report the test metrics of the best-validation checkpoint.
+
+    Example: msmix train --dataset synth --backbone mult --mix msmix --seed 1111 --max-epochs 5
+    """
+    if nproc > 1 and not distributed.launched_by_torchrun():
+        raise typer.Exit(distributed.launch(nproc, sys.argv[1:]))
+    root = data_root or data_root_default()
+    if resume is not None:
+        given = [flag for flag, value in (("--recipe", recipe), ("--set", set_), ("--dataset", dataset), ("--backbone", backbone),
+                                          ("--mix", mix), ("--seed", seed), ("--device", device), ("--max-epochs", max_epochs),
+                                          ("--samples", samples), ("--drop", drop or no_sass or no_sig or no_sal), ("--name", name)) if value]
+        if given:
+            raise BadInput(f"--resume continues a run with its saved recipe; drop {given[0]}")
+        run = resumable_run(resume)
+        run_training(run.recipe(), run, root, output, resume=True)
+        return
+    drops = drop_overrides(drop, no_sass, no_sig, no_sal)
+    resolved = resolve_recipe(recipe, dataset=dataset, backbone=backbone, assignments=set_,
+                              overrides=training_overrides(mix, seed, device, max_epochs, samples, drops))
+    if dry_run:
+        setup = build(resolved, root)
+        out.print(f"{resolved.backbone} on {resolved.data.dataset}: {count_parameters(setup.model):,} trainable parameters "
+                  f"(+{count_parameters(setup.mixer):,} in the {resolved.mix.name} mixer); recipe is valid.", highlight=False)
+        return
+    run, resuming = distributed.on_main(lambda: choose_run(resolved, out_dir, name))
+    run_training(resolved, run, root, output, resume=resuming)
+
+
+def choose_run(recipe: Recipe, out_dir: Path, name: str | None) -> tuple[RunDir, bool]:
+    """The run directory to train into, and whether it continues an interrupted run of the same recipe."""
+    existing = RunDir(out_dir / name) if name else None
+    if existing is not None and existing.resumable:
+        if existing.recipe() != recipe:
+            raise BadInput(f"{existing.path} holds an interrupted run with another recipe; resume it with --resume or pick another --name")
+        err.print(f"resuming the interrupted run in {existing.path}", highlight=False)
+        return existing, True
+    return RunDir.create(out_dir, name or default_run_name(recipe)), False
+
+
+def resumable_run(path: Path) -> RunDir:
+    run = RunDir(path)
+    if not run.path.is_dir():
+        raise BadInput(f"no run directory at {run.path}")
+    if run.info().get("status") == "complete":
+        raise BadInput(f"run {run.path} is already complete; nothing to resume (msmix evaluate {run.path})")
+    if not run.resumable:
+        raise BadInput(f"{run.path} is not a resumable msmix run (no recipe.yaml or status marker)")
+    return run
+
+
+def run_training(recipe: Recipe, run: RunDir, root: Path, output: OutputFormat, resume: bool) -> None:
+    command = "msmix " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if not distributed.ranks().is_main:
+        fit(recipe, run, data_root=root, command=command, resume=resume)  # rank 0 reports for every rank
+        return
+    with TrainingProgress(err, verbose=output is OutputFormat.table) as progress:
+        result = fit(recipe, run, data_root=root, command=command, on_event=progress, resume=resume)
+    render_metrics(result, output, title=f"{run.path.name}: test metrics (best valid epoch {result['best_epoch']})")
+    if output is OutputFormat.table:
+        err.print(f"saved to {run.path}  (msmix evaluate {run.path})", highlight=False)
+
+
+@app.command()
+@reports_errors
+def evaluate(
+    run_dirs: list[Path] = typer.Argument(..., help="One or more run directories written by msmix train (e.g. runs/*)."),
+    split: str = typer.Option("test", help="train, valid or test."),
+    output: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, json or csv (stdout only)."),
+    device: str = typer.Option("cpu", help="auto, cpu, cuda or cuda:N."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data folder (default $MSMIX_DATA_ROOT or ./data)."),
+    drop_modality: Optional[str] = typer.Option(None, "--drop-modality", help="Zero these modalities at test time: text, audio, vision (comma-separated)."),
+    noise: Optional[float] = typer.Option(None, help="Add Gaussian noise of this standard deviation (in feature units) to the inputs."),
+    noise_on: Optional[str] = typer.Option(None, "--noise-on", help="Modalities that get the noise (default: all not dropped)."),
+    noise_seed: int = typer.Option(0, "--noise-seed", help="Seed of the noise; every run sees the same noise."),
+) -> None:
+    """Reload runs' best checkpoints with their saved recipes and report their metrics, optionally perturbed.
+
+    Example: msmix evaluate runs/* --drop-modality audio --format csv
+    """
+    if split not in ("train", "valid", "test"):
+        raise BadInput(f"unknown split {split!r}; choose one of: train, valid, test")
+    perturbation = PerturbSpec.from_options(drop_modality, noise, noise_on, noise_seed)
+    # A shell glob over an ablation folder also matches its CSV and PNG files; they are not runs.
+    paths = [p for p in run_dirs if p.is_dir()] if len(run_dirs) > 1 else run_dirs
+    if len(paths) < len(run_dirs):
+        err.print(f"skipped {len(run_dirs) - len(paths)} path(s) that are not directories", highlight=False)
+    if not paths:
+        raise BadInput("none of the given paths is a run directory")
+    runs = [RunDir.open(path) for path in paths]
+    root = data_root or data_root_default()
+    rows = [{"run": run.path.name, **evaluate_run(run, data_root=root, split=split, device=device, perturb=perturbation.build()),
+             "perturbation": perturbation.describe()} for run in runs]  # build() per run: every run sees the same noise
+    render_evaluations(rows, output, split)
+
+
+def render_evaluations(rows: list[dict[str, Any]], output: OutputFormat, split: str) -> None:
+    """One run as `train` shows it; several as one table, JSON list or CSV with a row per run (CSV always so)."""
+    condition = f", {rows[0]['perturbation']}" if rows[0]["perturbation"] else ""
+    if len(rows) == 1 and output is not OutputFormat.csv:
+        render_metrics(rows[0], output, title=f"{rows[0]['run']}: {split} metrics{condition} (best valid epoch {rows[0]['best_epoch']})")
+    elif output is OutputFormat.json:
+        print(to_json(rows))
+    elif output is OutputFormat.csv:
+        print(to_csv([{k: v for k, v in row.items() if k != "metrics"} | row["metrics"] for row in rows]), end="")
+    else:
+        names = list(dict.fromkeys(name for row in rows for name in row["metrics"]))
+        table_rows = [{"run": row["run"], **row["metrics"], "best epoch": str(row["best_epoch"])} for row in rows]
+        out.print(comparison_table(table_rows, names, title=f"{split} metrics of {len(rows)} runs{condition}", label_columns=["run"]))
+
+
+def render_metrics(result: dict[str, Any], output: OutputFormat, title: str) -> None:
+    if output is OutputFormat.json:
+        print(to_json(result))
+    elif output is OutputFormat.csv:
+        print(to_csv([{"split": result["split"], "best_epoch": result["best_epoch"], **result["metrics"]}]), end="")
+    else:
+        table: Table = metrics_table(result["metrics"], title=title)
+        out.print(table)

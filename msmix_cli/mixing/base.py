@@ -1,0 +1,119 @@
+"""The one interface every mixer implements: a seeded callable on per-modality features.
+
+A mixer never knows which backbone it serves. `point` says where the training loop calls it: on the raw
+inputs before `encode` ("input", vanilla Mixup) or on the latents `encode` returns ("latent").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from msmix_cli.registry import Registry
+from msmix_cli.types import Multimodal
+
+
+@dataclass
+class MixConfig:
+    """MS-Mix and baseline settings. Defaults are the authors' (see MSMIX.md); every one is a recipe key."""
+
+    name: str = "msmix"  # none | mixup | manifold | msmix
+    alpha: float = 2.0  # Beta(alpha, alpha) for the base ratio lambda_0
+    delta: float = 0.4  # SASS threshold on the min-max normalised similarity (paper 0.2, authors' code 0.4)
+    num_mix: int | None = None  # mixed samples per batch; None = the batch size
+    w_mix: float = 0.7  # weight of the mixed-sample loss
+    w_sal: float = 0.5  # weight of SAL
+    sal_scale: float = 1000.0  # the authors' SAL scale
+    sass: bool = True  # similarity-aware pair selection (off: uniform random pairs)
+    sig: bool = True  # intensity-guided per-modality ratios (off: lambda^m = lambda_0)
+    sal: bool = True  # the alignment loss (off: w_sal = 0)
+    same_polarity: bool = False  # msmix decides: also require sign(y_i) = sign(y_j)
+    sig_tokens: int = 1  # split each latent vector into this many tokens for the intensity attention
+    sig_heads: int = 4
+
+
+@dataclass
+class Mix:
+    """K mixed samples and what the loss needs of them."""
+
+    views: Multimodal  # the mixed features, same layout as the input of the mixer
+    y_a: Tensor  # [K] label of the first partner
+    y_b: Tensor  # [K] label of the second partner
+    lam: Tensor  # [K] label ratio: the target is lam * y_a + (1 - lam) * y_b
+    loss: Tensor | float = 0.0  # the mixer's own weighted loss (w_sal * SAL for MS-Mix)
+    stats: dict[str, Tensor] = field(default_factory=dict)  # pairs [K, 2], per-modality ratios, ... (detached)
+
+
+class Mixer(nn.Module):
+    point: ClassVar[Literal["input", "latent"]] = "latent"
+
+    def __init__(self, config: MixConfig, dims: dict[str, int], label_range: float) -> None:
+        super().__init__()
+        self.config = config
+        self.dims = dims
+        self.label_range = label_range
+
+    def forward(self, views: Multimodal, label: Tensor, rng: np.random.Generator) -> Mix | None:
+        """Mix samples of one batch. Returns None when nothing is mixed (the `none` mixer, batches of one)."""
+        raise NotImplementedError
+
+
+MIXERS: Registry[type[Mixer]] = Registry("mixer")
+
+
+def build_mixer(config: MixConfig, dims: dict[str, int], label_range: float) -> Mixer:
+    return MIXERS.get(config.name)(config, dims, label_range)
+
+
+def mix_loss(prediction: Tensor, mix: Mix) -> Tensor:
+    """mean_k [ lam_k (p_k - y_a,k)^2 + (1 - lam_k) (p_k - y_b,k)^2 ] over the K mixed predictions."""
+    p = prediction.reshape(-1)
+    return (mix.lam * (p - mix.y_a).pow(2) + (1 - mix.lam) * (p - mix.y_b).pow(2)).mean()
+
+
+def beta_draws(rng: np.random.Generator, alpha: float, k: int, device: torch.device) -> Tensor:
+    """k draws of Beta(alpha, alpha) from the run's seeded generator (torch's Beta takes no generator)."""
+    return torch.as_tensor(rng.beta(alpha, alpha, size=k), dtype=torch.float32, device=device)
+
+
+def valid_steps(lengths: Tensor | None, steps: int) -> Tensor | None:
+    """[B, T] bool, True on the first `lengths` steps; None when every step is valid."""
+    if lengths is None:
+        return None
+    return torch.arange(steps, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def zero_padding(x: Tensor, mask: Tensor | None) -> Tensor:
+    """A copy of [B, T, d] with padded steps set to 0, so whatever the padding holds (even NaN) cannot leak."""
+    if mask is None:
+        return x
+    return torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of [B, T, d] over its valid steps -> [B, d]; a sample with no valid step pools to 0."""
+    if mask is None:
+        return x.mean(dim=1)
+    count = mask.sum(dim=1, keepdim=True).clamp_min(1).to(x.dtype)
+    return zero_padding(x, mask).sum(dim=1) / count
+
+
+def mix_pairs(views: Multimodal, pairs: Tensor, ratios: dict[str, Tensor]) -> Multimodal:
+    """z~^m_k = lam^m_k z^m_i + (1 - lam^m_k) z^m_j for each pair k = (i, j) of `pairs` [K, 2].
+
+    The ratio broadcasts over time. Padded steps count as zeros, and a mixed sequence is as long as the
+    longer partner (padding sits at the end). The mix is computed in float32 and returned in the
+    features' own dtype, so bf16/fp16 latents stay in their dtype without losing the ratio's precision.
+    """
+    first, second = pairs[:, 0], pairs[:, 1]
+    features: dict[str, Tensor] = {}
+    for modality, x in views.features.items():
+        clean = zero_padding(x, views.mask(modality))
+        lam = ratios[modality].float().reshape(-1, *([1] * (x.dim() - 1)))
+        features[modality] = (lam * clean[first] + (1 - lam) * clean[second]).to(x.dtype)
+    lengths = {m: None if n is None else torch.maximum(n[first], n[second]) for m, n in views.lengths.items()}
+    return Multimodal(features, lengths)

@@ -1,0 +1,168 @@
+"""Layers shared by the backbones. A backbone imports these; no backbone copies another's layer."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from msmix_cli.types import MODALITIES, Multimodal
+
+
+def lengths_to_mask(lengths: Tensor | None, steps: int) -> Tensor | None:
+    """[B] valid lengths -> [B, T] bool mask, True on valid steps (None stays None)."""
+    if lengths is None:
+        return None
+    return torch.arange(steps, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean over the time axis of [B, T, D], counting only valid steps (all steps when mask is None)."""
+    if mask is None:
+        return x.mean(dim=1)
+    # masked_fill rather than a product: padding may hold -inf or NaN (MOSI audio), and 0 * inf is NaN.
+    summed = x.masked_fill(~mask.unsqueeze(-1), 0.0).sum(dim=1)
+    return summed / mask.sum(dim=1, keepdim=True).clamp_min(1).to(x.dtype)
+
+
+def valid_lengths(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """[B] valid lengths of a [B, T, D] sequence: `lengths`, or T for every sample when None."""
+    if lengths is not None:
+        return lengths
+    return torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
+
+
+def last_valid_step(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """[B, T, D] -> [B, D]: each sample's last valid step (the last step when lengths is None)."""
+    steps = valid_lengths(x, lengths).clamp(1, x.shape[1]) - 1
+    return x[torch.arange(x.shape[0], device=x.device), steps]
+
+
+def append_one(x: Tensor) -> Tensor:
+    """[B, D] -> [B, D + 1] with a constant 1 in front, so a product of factors keeps every lower-order term (TFN, LMF)."""
+    return torch.cat([torch.ones_like(x[:, :1]), x], dim=1)
+
+
+def sinusoidal_positions(steps: int, dim: int, device: torch.device | None = None) -> Tensor:
+    """[T, D] sinusoidal position embeddings (Vaswani et al.), as MulT's fairseq encoder adds them."""
+    half = dim // 2
+    freq = torch.exp(torch.arange(half, device=device, dtype=torch.float32) * -(math.log(10000.0) / max(half - 1, 1)))
+    angles = torch.arange(1, steps + 1, device=device, dtype=torch.float32)[:, None] * freq[None, :]
+    table = torch.cat([angles.sin(), angles.cos()], dim=1)
+    if dim % 2:
+        table = torch.cat([table, torch.zeros(steps, 1, device=device)], dim=1)
+    return table
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm transformer layer; with `kv` given it is a crossmodal layer (queries from x, keys/values from kv)."""
+
+    def __init__(self, dim: int, heads: int, attn_dropout: float = 0.0, relu_dropout: float = 0.0, res_dropout: float = 0.0, ffn_mult: int = 4) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=attn_dropout, batch_first=True)
+        self.norm_attn = nn.LayerNorm(dim)
+        self.norm_ffn = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.ReLU(), nn.Dropout(relu_dropout), nn.Linear(ffn_mult * dim, dim))
+        self.res_dropout = nn.Dropout(res_dropout)
+
+    def forward(self, x: Tensor, kv: Tensor | None = None, kv_mask: Tensor | None = None, visible: Tensor | None = None) -> Tensor:
+        """`visible` [B, T, S] bool, True where query t may attend to key s (e.g. MulT's future mask)."""
+        q = self.norm_attn(x)
+        k = q if kv is None else self.norm_attn(kv)
+        padding = None if kv_mask is None else ~kv_mask
+        hidden = None if visible is None else (~visible).repeat_interleave(self.attn.num_heads, dim=0)
+        attended, _ = self.attn(q, k, k, key_padding_mask=padding, attn_mask=hidden, need_weights=False)
+        x = x + self.res_dropout(attended)
+        return x + self.res_dropout(self.ffn(self.norm_ffn(x)))
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of `TransformerLayer`s with scaled input, sinusoidal positions and a final LayerNorm (MulT's encoder).
+
+    `forward(x, kv=None, x_mask=None, kv_mask=None)`: x [B, T, D]; kv [B, S, D] for crossmodal attention;
+    masks are [B, T] / [B, S] bool, True on valid steps. Self-attention uses x_mask as its key mask.
+    `visible` [B, T, S] bool (optional) further limits which keys each query sees.
+    """
+
+    def __init__(self, dim: int, heads: int, layers: int, attn_dropout: float = 0.0, relu_dropout: float = 0.0, res_dropout: float = 0.0, embed_dropout: float = 0.0, positions: bool = True) -> None:
+        super().__init__()
+        self.dim = dim
+        self.positions = positions
+        self.embed_dropout = nn.Dropout(embed_dropout)
+        self.layers = nn.ModuleList(TransformerLayer(dim, heads, attn_dropout, relu_dropout, res_dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+
+    def _embed(self, x: Tensor) -> Tensor:
+        x = math.sqrt(self.dim) * x
+        if self.positions:
+            x = x + sinusoidal_positions(x.shape[1], self.dim, x.device).to(x.dtype)
+        return self.embed_dropout(x)
+
+    def forward(self, x: Tensor, kv: Tensor | None = None, x_mask: Tensor | None = None, kv_mask: Tensor | None = None, visible: Tensor | None = None) -> Tensor:
+        x = self._embed(x)
+        if kv is not None:
+            kv = self._embed(kv)
+        for layer in self.layers:
+            x = layer(x, kv, kv_mask if kv is not None else x_mask, visible)
+        return self.norm(x)
+
+
+class LSTMSubnet(nn.Module):
+    """TFN/LMF's text subnet: an LSTM over the valid steps, its final hidden state through dropout and a linear layer."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, dropout: float = 0.2, layers: int = 1, bidirectional: bool = False) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(in_dim, hidden, num_layers=layers, dropout=dropout if layers > 1 else 0.0, bidirectional=bidirectional, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(hidden * (2 if bidirectional else 1), out_dim)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        if lengths is not None:
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False)
+            _, (h, _) = self.rnn(packed)
+        else:
+            _, (h, _) = self.rnn(x)
+        last = torch.cat([h[-2], h[-1]], dim=-1) if self.rnn.bidirectional else h[-1]
+        return self.linear(self.dropout(last))
+
+
+class MLPSubnet(nn.Module):
+    """TFN/LMF's audio and vision subnet: BatchNorm, dropout, then three ReLU linear layers."""
+
+    def __init__(self, in_dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.BatchNorm1d(in_dim), nn.Dropout(dropout),
+            nn.Linear(in_dim, hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.ReLU(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class UnimodalSubnets(nn.Module):
+    """TFN/LMF's pre-fusion encoders: text through `LSTMSubnet`, audio and vision averaged over their valid
+    steps and then through `MLPSubnet`. Maps raw inputs to one [B, d_m] vector per modality.
+
+    `hidden_dims` and `dropouts` are in MODALITIES order (text, audio, vision); the text vector has width
+    `text_out`, audio and vision their hidden width.
+    """
+
+    def __init__(self, dims: dict[str, int], hidden_dims: tuple[int, int, int], text_out: int, dropouts: tuple[float, float, float]) -> None:
+        super().__init__()
+        hidden = dict(zip(MODALITIES, hidden_dims))
+        dropout = dict(zip(MODALITIES, dropouts))
+        self.text = LSTMSubnet(dims["text"], hidden["text"], text_out, dropout=dropout["text"])
+        self.audio = MLPSubnet(dims["audio"], hidden["audio"], dropout["audio"])
+        self.vision = MLPSubnet(dims["vision"], hidden["vision"], dropout["vision"])
+        self.out_dims = {"text": text_out, "audio": hidden["audio"], "vision": hidden["vision"]}
+
+    def forward(self, inputs: Multimodal) -> Multimodal:
+        return Multimodal({
+            "text": self.text(inputs["text"], inputs.length("text")),
+            "audio": self.audio(masked_mean(inputs["audio"], inputs.mask("audio"))),
+            "vision": self.vision(masked_mean(inputs["vision"], inputs.mask("vision"))),
+        })

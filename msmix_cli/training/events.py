@@ -1,0 +1,42 @@
+"""What the training loop reports while it runs. The CLI renders these; tests listen or ignore them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Union
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    run_dir: Path
+    max_epochs: int
+    batches_per_epoch: int
+    parameters: int
+    device: str
+    description: str  # one line on the data trained on
+
+
+@dataclass(frozen=True)
+class BatchDone:
+    epoch: int
+    batch: int  # 1-based within the epoch
+    loss: float  # running mean of the epoch so far
+
+
+@dataclass(frozen=True)
+class EpochDone:
+    epoch: int
+    train_loss: float
+    valid_loss: float
+    valid_mae: float
+    improved: bool
+    best_epoch: int
+
+
+Event = Union[RunStarted, BatchDone, EpochDone]
+Listener = Callable[[Event], None]
+
+
+def ignore(_: Event) -> None:
+    return None

@@ -1,0 +1,317 @@
+"""The one training loop, for every backbone and every mixer: encode, mix, head, loss, backward, clip, step."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from msmix_cli.data.cache import CacheFile, SplitData
+from msmix_cli.data.loading import load_dataset
+from msmix_cli.data.specs import DATASETS
+from msmix_cli.errors import Interrupted, RunFailed
+from msmix_cli.metrics import regression_metrics
+from msmix_cli.mixing import MIXERS, Mix, Mixer, build_mixer, mix_loss
+from msmix_cli.models import Backbone, build_backbone, count_parameters, task_loss
+from msmix_cli.recipes import Recipe
+from msmix_cli.training import distributed
+from msmix_cli.training.device import amp_dtype, autocast, compile_backbone, configure_threads, resolve_device, to_device
+from msmix_cli.training.events import BatchDone, EpochDone, Listener, RunStarted, ignore
+from msmix_cli.training.rundir import COMPLETE, FAILED, INTERRUPTED, RunDir, load_checkpoint
+from msmix_cli.training.seeding import capture_rng, restore_rng, seed_everything
+from msmix_cli.types import Batch, DataShape
+
+
+IN_MEMORY_LIMIT = 2 * 1024**3  # bytes of float32 features above which a split is read from the cache file per batch
+
+
+@dataclass
+class Setup:
+    """Everything a run trains or evaluates, built from a recipe."""
+
+    recipe: Recipe
+    data: CacheFile
+    model: Backbone
+    mixer: Mixer
+    device: torch.device
+    metric_set: str
+
+
+def build(recipe: Recipe, data_root: Path, device_name: str | None = None) -> Setup:
+    device = distributed.rank_device(resolve_device(device_name or recipe.train.device))
+    configure_threads(recipe.train.threads, distributed.ranks().local_world)
+    data = load_dataset(recipe.data.dataset, setting=recipe.data.setting, data_root=data_root,
+                        samples=recipe.data.samples, data_seed=recipe.data.data_seed, in_memory=keeps_in_memory(recipe))
+    model, mixer = build_networks(recipe, data.shape)
+    if recipe.train.compile:
+        compile_backbone(model)
+    return Setup(recipe, data, model.to(device), mixer.to(device), device, DATASETS.get(recipe.data.dataset).metric_set)
+
+
+def keeps_in_memory(recipe: Recipe) -> bool:
+    """`data.in_memory`, or by default: in memory unless the features would take more than IN_MEMORY_LIMIT."""
+    if recipe.data.in_memory is not None:
+        return recipe.data.in_memory
+    spec = DATASETS.get(recipe.data.dataset)
+    lengths = spec.seq_lens.get(recipe.data.setting or spec.settings[0], {})
+    samples = recipe.data.samples or sum(spec.splits.values())
+    return samples * sum(steps * spec.dims[m] for m, steps in lengths.items()) * 4 <= IN_MEMORY_LIMIT
+
+
+def build_networks(recipe: Recipe, shape: DataShape) -> tuple[Backbone, Mixer]:
+    """The recipe's backbone and mixer for data of `shape`, on the CPU."""
+    model = build_backbone(recipe.backbone, recipe.backbone_config(), shape)
+    mixer_dims = model.latent_dims if MIXERS.get(recipe.mix.name).point == "latent" else shape.dims
+    return model, build_mixer(recipe.mix, mixer_dims, shape.label_range)
+
+
+def step_loss(model: Backbone, mixer: Mixer, batch: Batch, rng: np.random.Generator, w_mix: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """Total loss of one batch and its terms. The batch is encoded once; the head sees originals and mixed together."""
+    size = batch.size
+    mix: Mix | None
+    if mixer.point == "input":
+        mix = mixer(batch.inputs, batch.label, rng)
+        latents = model.encode(batch if mix is None else replace(batch, inputs=batch.inputs.cat(mix.views)))
+        views = latents.views
+    else:
+        latents = model.encode(batch)
+        mix = mixer(latents.views, batch.label, rng)
+        views = latents.views if mix is None else latents.views.cat(mix.views)
+    out = model.head(views)
+    prediction = out.prediction.float()
+    terms = {"task": task_loss(model.task_loss, prediction[:size], batch.label)}
+    if mix is not None:
+        terms["mix"] = w_mix * mix_loss(prediction[size:], mix)
+        terms["mixer"] = torch.as_tensor(mix.loss, device=prediction.device, dtype=torch.float32)
+    terms["aux"] = torch.as_tensor(latents.aux_loss + out.aux_loss, device=prediction.device, dtype=torch.float32)
+    return sum(terms.values()), terms
+
+
+class TrainingStep(nn.Module):
+    """The backbone and the mixer as one module whose forward is `step_loss`: DistributedDataParallel hooks
+    gradients through a module's forward, and the mixer's intensity predictors train with the backbone."""
+
+    def __init__(self, model: Backbone, mixer: Mixer) -> None:
+        super().__init__()
+        self.model = model
+        self.mixer = mixer
+
+    def forward(self, batch: Batch, rng: np.random.Generator, w_mix: float) -> tuple[Tensor, dict[str, Tensor]]:
+        return step_loss(self.model, self.mixer, batch, rng, w_mix)
+
+
+Perturbation = Callable[[Batch], Batch]
+
+
+@torch.no_grad()
+def predict(model: Backbone, split: SplitData, batch_size: int, device: torch.device, dtype: torch.dtype | None = None,
+            perturb: Perturbation | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and labels of a split, in its stored order (never shuffled); `perturb` alters each batch first."""
+    model.eval()
+    predictions = []
+    for batch in split.batches(batch_size, shuffle=False):
+        batch = batch.to(device)
+        if perturb is not None:
+            batch = perturb(batch)
+        with autocast(device, dtype):
+            predictions.append(model(batch).prediction.float().reshape(-1).cpu())
+    return torch.cat(predictions).numpy().astype(np.float64), split.labels.astype(np.float64)
+
+
+def evaluate(setup: Setup, split_name: str, perturb: Perturbation | None = None) -> tuple[dict[str, float], float]:
+    """The dataset's metrics on a split, and the backbone's task loss there."""
+    dtype = amp_dtype(setup.device, setup.recipe.train.amp)
+    pred, label = predict(setup.model, setup.data.split(split_name), setup.recipe.train.batch_size, setup.device, dtype, perturb)
+    if not np.isfinite(pred).all():
+        raise RunFailed(f"the model predicts non-finite values on the {split_name} split; the run has diverged")
+    loss = float(np.abs(pred - label).mean() if setup.model.task_loss == "l1" else ((pred - label) ** 2).mean())
+    return regression_metrics(pred, label, setup.metric_set), loss
+
+
+def make_optimizer(setup: Setup) -> torch.optim.Optimizer:
+    t = setup.recipe.train
+    groups = setup.model.param_groups(t.lr, t.weight_decay)
+    mixer_params = [p for p in setup.mixer.parameters() if p.requires_grad]
+    if mixer_params:
+        groups.append({"params": mixer_params, "lr": t.lr, "weight_decay": t.weight_decay})
+    optimizer = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return optimizer(groups, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def make_scheduler(setup: Setup, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    t = setup.recipe.train
+    if t.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", patience=t.plateau_patience, factor=0.1)
+    if t.scheduler == "cosine":
+        total = max(1, steps_per_epoch * t.max_epochs)
+        warm = int(t.warmup * total)
+        shape = lambda step: (step + 1) / max(1, warm) if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))  # noqa: E731
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, shape)
+    return None
+
+
+def fit(recipe: Recipe, run: RunDir, *, data_root: Path, command: str = "msmix train", on_event: Listener = ignore,
+        resume: bool = False) -> dict[str, Any]:
+    """Train a recipe into `run`; returns the test metrics of the best-validation checkpoint.
+
+    With `resume`, training continues from `last.pt` (the last complete epoch: weights, optimiser, scheduler,
+    early-stopping state and every RNG), so a resumed run ends with the same metrics as an uninterrupted one.
+    """
+    started = time.perf_counter()
+    run, on_event = distributed.for_rank(run, on_event)
+    rng = seed_everything(recipe.train.seed)
+    setup = build(recipe, data_root)
+    model, mixer, device, t = setup.model, setup.mixer, setup.device, recipe.train
+    training_step = distributed.replicate(TrainingStep(model, mixer), device, unused_parameters=count_parameters(mixer) > 0)
+    train_split = setup.data.split("train")
+    batches_per_epoch = math.ceil(distributed.shard_size(len(train_split)) / t.batch_size)
+    optimizer = make_optimizer(setup)
+    scheduler = make_scheduler(setup, optimizer, math.ceil(batches_per_epoch / t.accumulation))
+    dtype = amp_dtype(device, t.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = {"epoch": 0, "best_loss": math.inf, "best_epoch": 0, "history": []}
+    if resume and run.last_file.is_file():
+        state = restore(load_checkpoint(run.last_file, device), model, mixer, optimizer, scheduler, scaler, rng)
+    run.start(recipe, command, device, resumed_from=state["epoch"] if resume else None)
+    on_event(RunStarted(run.path, t.max_epochs, batches_per_epoch, count_parameters(model), str(device), describe(setup)))
+
+    history: list[dict[str, Any]] = state["history"]
+    best_loss, best_epoch = state["best_loss"], state["best_epoch"]
+    try:
+        with stop_requests() as stop:
+            for epoch in range(state["epoch"] + 1, t.max_epochs + 1):
+                if epoch - best_epoch > t.early_stop:
+                    break
+                model.train()
+                mixer.train()
+                running, seen = 0.0, 0
+                mixing = distributed.mixing_generator(rng, t.seed, epoch)
+                for index, batch in enumerate(distributed.epoch_batches(train_split, t.batch_size, rng), start=1):
+                    if distributed.any_rank(stop.requested is not None):
+                        raise Interrupted(f"stopped by {stop.requested or 'a signal to another rank'} at epoch {epoch}; "
+                                          f"resume with: msmix train --resume {run.path}")
+                    batch = to_device(batch, device)
+                    with autocast(device, dtype):
+                        loss, terms = training_step(batch, mixing, recipe.mix.w_mix)
+                    if distributed.any_rank(not torch.isfinite(loss)):
+                        bad = ", ".join(k for k, v in terms.items() if not torch.isfinite(v)) or "total"
+                        if t.nonfinite == "skip":
+                            optimizer.zero_grad(set_to_none=True)
+                            continue
+                        raise RunFailed(f"non-finite loss at epoch {epoch}, batch {index} (term: {bad}); the last good checkpoint is kept in {run.path}")
+                    scaler.scale(loss / t.accumulation).backward()
+                    if index % t.accumulation == 0 or index == batches_per_epoch:
+                        if t.grad_clip:
+                            scaler.unscale_(optimizer)
+                            nn.utils.clip_grad_norm_(params, t.grad_clip)
+                        scaler.step(optimizer)
+                        scaler.update()
+                        optimizer.zero_grad(set_to_none=True)
+                        if scheduler is not None and t.scheduler == "cosine":
+                            scheduler.step()
+                    running += loss.item() * batch.size
+                    seen += batch.size
+                    on_event(BatchDone(epoch, index, running / seen))
+
+                running, seen = distributed.sum_across(running, seen)
+                valid_metrics, valid_loss = distributed.from_main(evaluate(setup, "valid"))
+                if scheduler is not None and t.scheduler == "plateau":
+                    scheduler.step(valid_loss)
+                improved = valid_loss < best_loss
+                if improved:
+                    best_loss, best_epoch = valid_loss, epoch
+                    run.save_best({"model": model.state_dict(), "mixer": mixer.state_dict(), "epoch": epoch, "valid_loss": valid_loss})
+                history.append({"epoch": epoch, "train_loss": running / max(seen, 1), "valid_loss": valid_loss,
+                                "valid_MAE": valid_metrics["MAE"], "lr": optimizer.param_groups[0]["lr"], "best": improved})
+                run.write_history(history)
+                run.save_last({"model": model.state_dict(), "mixer": mixer.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scheduler": None if scheduler is None else scheduler.state_dict(), "scaler": scaler.state_dict(),
+                               "epoch": epoch, "best_loss": best_loss, "best_epoch": best_epoch, "history": history,
+                               "rng": capture_rng(rng)})
+                on_event(EpochDone(epoch, running / max(seen, 1), valid_loss, valid_metrics["MAE"], improved, best_epoch))
+    except Interrupted:
+        run.update_info(status=INTERRUPTED, wall_time_s=round(time.perf_counter() - started, 3))
+        raise
+    except BaseException:
+        run.update_info(status=FAILED, wall_time_s=round(time.perf_counter() - started, 3))
+        raise
+
+    distributed.barrier()  # rank 0 has written the best checkpoint
+    model.load_state_dict(run.load_best(device)["model"])
+    metrics, _ = evaluate(setup, "test")
+    result = {"split": "test", "best_epoch": best_epoch, "epochs_run": len(history), "metrics": metrics}
+    run.write_metrics(json_safe(result))
+    run.update_info(status=COMPLETE, best_epoch=best_epoch, wall_time_s=round(time.perf_counter() - started, 3))
+    return result
+
+
+def restore(checkpoint: dict[str, Any], model: Backbone, mixer: Mixer, optimizer: torch.optim.Optimizer, scheduler: Any,
+            scaler: torch.amp.GradScaler, rng: np.random.Generator) -> dict[str, Any]:
+    """Load a `last.pt` into the training objects; returns the loop state it recorded."""
+    model.load_state_dict(checkpoint["model"])
+    mixer.load_state_dict(checkpoint["mixer"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if scheduler is not None and checkpoint.get("scheduler") is not None:
+        scheduler.load_state_dict(checkpoint["scheduler"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    restore_rng(checkpoint["rng"], rng)
+    return {k: checkpoint[k] for k in ("epoch", "best_loss", "best_epoch", "history")}
+
+
+class StopRequest:
+    requested: str | None = None
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[StopRequest]:
+    """SIGINT/SIGTERM ask the loop to stop before its next batch, so `last.pt` stays a clean resume point."""
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request(signum: int, _frame: Any) -> None:
+        stop.requested = signal.Signals(signum).name
+
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def evaluate_run(run: RunDir, *, data_root: Path, split: str = "test", device: str = "cpu",
+                 perturb: Perturbation | None = None) -> dict[str, Any]:
+    """Reload a run's best checkpoint with its saved recipe and compute the metrics on a split."""
+    recipe = run.recipe()
+    setup = build(recipe, data_root, device)
+    setup.model.load_state_dict(run.load_best(setup.device)["model"])
+    metrics, _ = evaluate(setup, split, perturb)
+    return json_safe({"split": split, "best_epoch": run.info().get("best_epoch"), "metrics": metrics})
+
+
+def describe(setup: Setup) -> str:
+    data = setup.data
+    sizes = "/".join(str(len(data.split(s))) for s in ("train", "valid", "test"))
+    source = data.provenance.get("source", data.dataset) if isinstance(data.provenance, dict) else data.dataset
+    return f"{data.dataset} ({data.setting}, {sizes} segments, from {source})"
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf become None so metrics.json is strict JSON (Corr of a constant prediction is NaN)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

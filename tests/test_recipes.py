@@ -1,0 +1,103 @@
+"""Recipes: precedence, validation with one-line errors naming the key, and the shipped recipe files."""
+
+from pathlib import Path
+
+import pytest
+
+from msmix_cli.errors import BadInput
+from msmix_cli.models import BACKBONES
+from msmix_cli.recipes import build_recipe, dump_recipe, parse_overrides, read_yaml, recipes_dir, resolve_recipe
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_msmix_on_synth():
+    recipe = build_recipe({})
+    assert recipe.data.dataset == "synth" and recipe.mix.name == "msmix"
+    assert (recipe.mix.alpha, recipe.mix.delta, recipe.mix.w_mix, recipe.mix.w_sal, recipe.mix.sal_scale) == (2.0, 0.4, 0.7, 0.5, 1000.0)
+
+
+def test_precedence_file_then_flags_then_set(tmp_path):
+    path = write(tmp_path, "r.yaml", "model: {name: tfn}\ntrain: {lr: 0.01, seed: 5}\nmix: {name: none}\n")
+    recipe = resolve_recipe(path, overrides={"train": {"seed": 7}}, assignments=["train.lr=1e-4", "mix.name=msmix"])
+    assert recipe.train.lr == pytest.approx(1e-4)  # YAML 1.1 reads 1e-4 as a string: coerced to float
+    assert recipe.train.seed == 7
+    assert recipe.mix.name == "msmix"
+
+
+def test_base_chain_merges_and_own_keys_win(tmp_path):
+    write(tmp_path, "base.yaml", "mix: {delta: 0.2, alpha: 1.0}\n")
+    path = write(tmp_path, "r.yaml", "base: base.yaml\nmix: {delta: 0.3}\n")
+    recipe = build_recipe(read_yaml(path))
+    assert (recipe.mix.delta, recipe.mix.alpha) == (0.3, 1.0)
+
+
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        ({"train": {"lrr": 1}}, "train.lrr"),
+        ({"nosuch": {}}, "nosuch"),
+        ({"train": {"lr": "fast"}}, "train.lr"),
+        ({"train": {"batch_size": 1.5}}, "train.batch_size"),
+        ({"train": {"lr": -1}}, "train.lr"),
+        ({"mix": {"name": "cutmix"}}, "cutmix"),
+        ({"model": {"name": "bert"}}, "bert"),
+        ({"mix": {"sass": "yes"}}, "mix.sass"),
+        ({"mix": {"delta": 2}}, "mix.delta"),
+        ({"train": {"optimizer": "sgd"}}, "train.optimizer"),
+        ({"train": [1, 2]}, "train"),
+        ({"model": {"name": "tfn", "no_such_knob": 3}}, "model.no_such_knob"),
+    ],
+)
+def test_bad_values_name_the_key(raw, fragment):
+    with pytest.raises(BadInput) as error:
+        build_recipe(raw)
+    message = str(error.value)
+    assert fragment in message and "\n" not in message
+
+
+def test_malformed_yaml_is_one_line(tmp_path):
+    path = write(tmp_path, "bad.yaml", "train: {lr: [1, 2\n")
+    with pytest.raises(BadInput, match="malformed YAML") as error:
+        read_yaml(path)
+    assert "\n" not in str(error.value)
+
+
+def test_set_syntax_errors():
+    with pytest.raises(BadInput, match="section.key=value"):
+        parse_overrides(["lr=1"])
+    assert parse_overrides(["mix.sass=false"]) == {"mix": {"sass": False}}
+
+
+def test_recipe_for_other_backbone_conflicts(tmp_path):
+    path = write(tmp_path, "r.yaml", "model: {name: tfn}\n")
+    with pytest.raises(BadInput, match="for backbone 'tfn'"):
+        resolve_recipe(path, backbone="mult")
+
+
+def test_dump_round_trip(tmp_path):
+    recipe = resolve_recipe(None, dataset="synth", backbone="tfn", assignments=["train.seed=3"])
+    path = write(tmp_path, "dumped.yaml", dump_recipe(recipe, "msmix train"))
+    assert build_recipe(read_yaml(path)) == recipe
+
+
+def shipped_recipes() -> list[Path]:
+    return sorted(p for p in recipes_dir().glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", shipped_recipes(), ids=lambda p: p.name)
+def test_shipped_recipes_validate(path):
+    recipe = build_recipe(read_yaml(path))
+    dataset, backbone = path.stem.split("-")
+    assert (recipe.data.dataset, recipe.backbone) == (dataset, backbone)
+    assert path.read_text().startswith("# msmix train"), "a recipe opens with the command that runs it"
+
+
+def test_every_dataset_backbone_pair_has_a_recipe():
+    names = {p.stem for p in shipped_recipes()}
+    missing = [f"{d}-{b}" for d in ("synth", "mosi", "mosei", "sims") for b in BACKBONES.names() if f"{d}-{b}" not in names]
+    assert not missing
