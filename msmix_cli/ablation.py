@@ -19,16 +19,13 @@ import dataclasses
 import json
 import math
 import multiprocessing
-import os
 import shutil
 import signal
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, Union
-
-import torch
 
 from msmix_cli.data.loading import load_dataset
 from msmix_cli.data.specs import DATASETS
@@ -38,7 +35,7 @@ from msmix_cli.metrics import HIGHER_IS_BETTER, KEY_METRIC, METRIC_NAMES
 from msmix_cli.mixing import MIXERS
 from msmix_cli.recipes import Recipe, resolve_recipe
 from msmix_cli.report import to_csv, to_json
-from msmix_cli.training.device import resolve_device
+from msmix_cli.training.device import available_cores, resolve_device
 from msmix_cli.training.events import Event as TrainingEvent, ignore
 from msmix_cli.training.loop import fit
 from msmix_cli.training.rundir import COMPLETE, RunDir
@@ -194,12 +191,17 @@ def run_state(run: PlannedRun) -> str:
     if not complete:
         return REDO
     try:
-        same = folder.recipe() == run.recipe
+        same = same_experiment(folder.recipe(), run.recipe)
     except BadInput as error:
         raise BadInput(f"cannot read the recipe of the complete run {run.path} ({error}); remove it or choose another --out") from None
     if not same:
         raise BadInput(f"{run.path} holds a complete run of another recipe; remove it or choose another --out")
     return REUSE
+
+
+def same_experiment(saved: Recipe, wanted: Recipe) -> bool:
+    """Equal recipes, but for `train.threads`: `--jobs` sets it in each child, and it changes no result."""
+    return dataclasses.replace(saved, train=dataclasses.replace(saved.train, threads=wanted.train.threads)) == wanted
 
 
 # ---------------------------------------------------------------- execution
@@ -238,10 +240,6 @@ def effective_jobs(runs: Sequence[PlannedRun], jobs: int, share_gpu: bool) -> tu
     return min(jobs, len(runs)), None
 
 
-def cpu_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def prepare_data(runs: Iterable[PlannedRun], data_root: Path) -> None:
     """Build or check each data set once, in this process, so parallel runs never race to write a cache."""
     seen = set()
@@ -257,14 +255,20 @@ def train_one(recipe: Recipe, path: Path, data_root: Path, command: str, on_even
     fit(recipe, RunDir.create(path.parent, path.name), data_root=data_root, command=command, on_event=on_event)
 
 
-def _child_init(threads: int) -> None:
-    """A spawned worker: its fair share of the cores; Ctrl-C reaches `fit`, which stops at a safe point."""
-    torch.set_num_threads(threads)
+def _child_init() -> None:
+    """A spawned worker: Ctrl-C reaches `fit` (which stops at a safe point) and nothing else."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # outside `fit`, a stray Ctrl-C must not kill the worker mid-write
 
 
 def _child_train(recipe: Recipe, path: Path, data_root: Path, command: str) -> None:
     train_one(recipe, path, data_root, command, on_event=ignore)
+
+
+def with_fair_threads(recipe: Recipe, jobs: int) -> Recipe:
+    """The recipe a child trains: its share of the cores (cores // jobs threads) unless the user chose a number."""
+    if recipe.train.threads is not None:
+        return recipe
+    return dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, threads=max(1, available_cores() // jobs)))
 
 
 def execute(runs: Sequence[PlannedRun], spec: AblationSpec, *, command: str, on_event: Listener) -> list[RunFinished]:
@@ -294,11 +298,11 @@ def execute(runs: Sequence[PlannedRun], spec: AblationSpec, *, command: str, on_
 
 def train_in_process(runs: Sequence[PlannedRun], data_root: Path, command: str, on_event: Listener) -> list[RunFinished]:
     outcomes = []
-    for index, run in enumerate(runs):
+    for run in runs:
         try:
             train_one(run.recipe, run.path, data_root, command, on_event)
         except Interrupted as error:
-            raise Interrupted(stopped_message(error, len(runs) - index)) from None
+            raise Interrupted(stopped_message(str(error), runs)) from None
         except MsmixError as error:
             outcomes.append(finished(run, "failed", str(error)))
         else:
@@ -308,34 +312,40 @@ def train_in_process(runs: Sequence[PlannedRun], data_root: Path, command: str, 
 
 
 def train_in_pool(runs: Sequence[PlannedRun], data_root: Path, command: str, jobs: int, on_event: Listener) -> list[RunFinished]:
-    """N spawned processes (never fork: torch's thread pools do not survive it), each with cores // N threads."""
-    threads = max(1, cpu_cores() // jobs)
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_child_init, initargs=(threads,))
-    futures = {pool.submit(_child_train, run.recipe, run.path, data_root, command): run for run in runs}
+    """N spawned processes (never fork: torch's thread pools do not survive it), each with cores // N threads.
+
+    Only N runs are handed to the pool at a time: a run waiting in the pool's queue would still start after
+    Ctrl-C, when the workers are free again.
+    """
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_child_init)
+    waiting = list(runs)
+    running: dict[Future, PlannedRun] = {}
     outcomes = []
     try:
-        remaining = set(futures)
-        while remaining:
-            done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                run = waiting.pop(0)
+                running[pool.submit(_child_train, with_fair_threads(run.recipe, jobs), run.path, data_root, command)] = run
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                error = future.exception()
+                run, error = running.pop(future), future.exception()
                 if error is not None and not isinstance(error, MsmixError):
                     raise error  # a bug, not a failed run: show it
-                outcomes.append(finished(futures[future], "trained" if error is None else "failed", error and str(error)))
+                outcomes.append(finished(run, "trained" if error is None else "failed", error and str(error)))
                 on_event(outcomes[-1])
     except KeyboardInterrupt:
-        # The workers got the same Ctrl-C and stop at their next batch; queued runs never start.
+        # The workers got the same Ctrl-C and stop at their next batch, leaving resumable run directories.
         pool.shutdown(wait=True, cancel_futures=True)
-        raise Interrupted(stopped_message(Interrupted("stopped by SIGINT"), len(runs) - len(outcomes))) from None
+        raise Interrupted(stopped_message("stopped by SIGINT", runs)) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return outcomes
 
 
-def stopped_message(error: Interrupted, unfinished: int) -> str:
-    reason = str(error).split(";")[0]
-    return f"{reason}; {unfinished} run(s) unfinished, every finished run is kept: rerun the same command to continue"
+def stopped_message(reason: str, runs: Sequence[PlannedRun]) -> str:
+    unfinished = sum(RunDir(run.path).info().get("status") != COMPLETE for run in runs)
+    return (f"{reason.split(';')[0]}; {len(runs) - unfinished} of the {len(runs)} runs to train finished and are kept: "
+            f"rerun the same command to train the other {unfinished}")
 
 
 def finished(run: PlannedRun, status: str, error: str | None = None) -> RunFinished:

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from formats import frames, intervals, write_csd
-from msmix_cli.data.mmsdk import EPSILON, Track, clean_track, overlap_mean, segment_rows, standard_folds
-from msmix_cli.data.preprocess import normalize_features, preprocess
 from msmix_cli.data.cache import SplitArrays
+from msmix_cli.data.mmsdk import EPSILON, clean_track, overlap_mean, segment_rows, standard_folds
+from msmix_cli.data.preprocess import normalize_features, preprocess
 from msmix_cli.errors import BadInput
 
 FOLDS = standard_folds("mosi")
@@ -111,7 +111,7 @@ def test_a_word_overlapping_two_frames_gets_their_mean_and_a_word_without_frames
     _, cache = aligned
     audio = cache["train"]["audio"]
     columns = AUDIO_COLUMNS / 1000
-    first = (np.array([1, 3]) [:, None] + columns).mean(axis=0)
+    first = (np.array([1, 3])[:, None] + columns).mean(axis=0)
     first[0] = (0 + 3 + columns[0]) / 2  # column 1 of frame 0 was -inf, hence 0
     np.testing.assert_allclose(audio[0, 0], first, rtol=1e-6)
     np.testing.assert_allclose(audio[0, 1], 4 + columns, rtol=1e-6)  # frames 1 and 2

@@ -196,7 +196,8 @@ def _transfer_with_retries(url: str, part: Path, http: HttpSettings, report: Cal
         except _Permanent as error:
             raise RunFailed(f"could not download {url}: {error}. If the file has moved, {_manual_route(dataset)}") from None
     kept = f" The partial file {part.name} is kept and resumes on the next attempt." if part.exists() else ""
-    raise RunFailed(f"could not download {url}: {last_error} (after {http.retries + 1} attempts). The host is often "
+    attempts = f"{http.retries + 1} attempt{'s' if http.retries else ''}"
+    raise RunFailed(f"could not download {url}: {last_error} (after {attempts}). The host is often "
                     f"down: try again later, use --mirror URL, or {_manual_route(dataset)}.{kept}")
 
 

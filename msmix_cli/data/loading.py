@@ -40,13 +40,17 @@ def load_dataset(name: str, *, setting: str | None, data_root: Path, samples: in
         _refuse_synth_options(samples, synth_dims, synth_seq_len)
         path = cache_path(data_root, name, setting)
         if not path.is_file():
-            raise BadInput(f"{path} not found; create it with `msmix download --dataset {name}` then "
-                           f"`msmix preprocess --dataset {name}{'' if setting == spec.settings[0] else f' --setting {setting}'}`")
+            raise BadInput(f"{path} not found; create it with `msmix download --dataset {name}` (add `--from PATH` "
+                           f"for MMSA's feature pickles) then `msmix preprocess --dataset {name}{_setting_flag(spec, setting)}`")
     cache = open_cache(path, in_memory=in_memory)
     if (cache.dataset, cache.setting) != (name, setting):
         cache.close()
         raise BadInput(f"{path} holds {cache.dataset} ({cache.setting}), not {name} ({setting}); recreate it")
     return cache
+
+
+def _setting_flag(spec: DatasetSpec, setting: str) -> str:
+    return "" if setting == spec.settings[0] else f" --setting {setting}"
 
 
 def _resolve_setting(spec: DatasetSpec, setting: str | None) -> str:
@@ -64,25 +68,22 @@ def _refuse_synth_options(samples: int | None, dims: Mapping[str, int] | None, s
         raise BadInput("synthetic feature widths and sequence length apply to synth only")
 
 
-def synth_parameters(samples: int | None, seed: int, dims: Mapping[str, int] | None,
-                     seq_len: int | None) -> dict[str, object]:
-    """The full parameters of a synth cache, defaults filled in, so equal data always gets one file name."""
-    return {"generator_version": GENERATOR_VERSION, "samples": DEFAULT_SAMPLES if samples is None else samples,
-            "seed": seed, "dims": {**SYNTH.dims, **(dims or {})}, "seq_len": seq_len or DEFAULT_SEQ_LEN}
-
-
 def synth_cache_path(data_root: Path, parameters: Mapping[str, object]) -> Path:
+    """Named by a hash of every parameter (defaults filled in), so equal data always gets one file."""
     digest = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()[:12]
     return Path(data_root) / "cache" / f"{SYNTH.name}-{digest}.h5"
 
 
 def _synth_cache(data_root: Path, samples: int | None, seed: int, dims: Mapping[str, int] | None,
                  seq_len: int | None) -> Path:
-    parameters = synth_parameters(samples, seed, dims, seq_len)
+    total = DEFAULT_SAMPLES if samples is None else samples
+    widths = {**SYNTH.dims, **(dims or {})}
+    length = DEFAULT_SEQ_LEN if seq_len is None else seq_len
+    parameters = {"generator_version": GENERATOR_VERSION, "samples": total, "seed": seed, "dims": widths,
+                  "seq_len": length}
     path = synth_cache_path(data_root, parameters)
     if not path.is_file():
-        splits = generate_synth(samples=parameters["samples"], seed=seed, dims=parameters["dims"],
-                                seq_len=parameters["seq_len"])
+        splits = generate_synth(samples=total, seed=seed, dims=widths, seq_len=length)
         provenance = {"source": "generated", "generator": "msmix_cli.data.synth", **parameters,
                       "msmix_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         write_cache(path, dataset=SYNTH.name, setting=SYNTH.settings[0], splits=splits,

@@ -135,11 +135,11 @@ def clean_track(intervals: np.ndarray, features: np.ndarray) -> tuple[Track, int
     if not _sorted(intervals):  # released files are in time order: skip the copy then
         order = np.lexsort((intervals[:, 1], intervals[:, 0]))
         intervals, features = intervals[order], features[order]
-    nonfinite = ~np.isfinite(features)
-    replaced = int(np.count_nonzero(nonfinite))
-    if replaced:
-        features = np.where(nonfinite, np.float32(0), features)
-    return Track(intervals, features), replaced
+    finite = np.isfinite(features)
+    if finite.all():
+        return Track(intervals, features), 0
+    features = np.where(finite, features, np.float32(0))
+    return Track(intervals, features), int(finite.size - np.count_nonzero(finite))
 
 
 def _sorted(intervals: np.ndarray) -> bool:
@@ -193,7 +193,7 @@ def range_sums(features: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarr
     bounds = np.unique(np.concatenate([[0], lo, hi]))
     bounds = bounds[bounds < rows]
     prefix = np.zeros((len(bounds) + 1, dim))
-    np.cumsum(np.add.reduceat(features, bounds, axis=0, dtype=np.float64), axis=0, out=prefix[1:])
+    np.cumsum(np.add.reduceat(features.astype(np.float64), bounds, axis=0), axis=0, out=prefix[1:])
     return prefix[np.searchsorted(bounds, hi)] - prefix[np.searchsorted(bounds, lo)]
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from msmix_cli.errors import BadInput
 from msmix_cli.registry import Registry
 
-
 MMSDK_BASE_URL = "http://immortal.multicomp.cs.cmu.edu/"
 # The MMSA feature pickles live in this Google Drive folder (and on Baidu); neither allows a scripted download.
 MMSA_DRIVE_FOLDER = "https://drive.google.com/drive/folders/1A2S4pqCHryGmiqnNSPLv7rEg63WvjCSk"

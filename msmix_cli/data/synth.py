@@ -35,23 +35,24 @@ GENERATOR_VERSION = 1
 LABEL_STEP = 1.0 / 3.0
 ZERO_RATE = 0.04  # exact-zero labels (MOSI: 30 of 686 test segments)
 NEGATIVE_RATE = 0.55  # MOSI leans slightly negative
-ANNOTATION_NOISE = 0.3  # sd of s around the label: the part no model can recover
+ANNOTATION_NOISE = 0.45  # sd of s around the label: the part no model can recover
 SARCASM_RATE = 0.12
 MISLEADING_VISION_RATE = 0.06
 
 TOPICS = 8  # a low-rank, high-variance nuisance shared by the tokens of a sample (what it is about)
 TOPIC_SCALE = 1.0
 INFORMATIVE_TOKEN_RATE = 0.25
-TEXT_SIGNAL = 2.0
+TEXT_CONTEXT = 0.6  # every token carries a little of the sentence's polarity (contextual embeddings)
+TEXT_SIGNAL = 1.2  # an informative (sentiment) word carries much more
 
-AUDIO_INTENSITY = 1.2
+AUDIO_INTENSITY = 1.5
 AUDIO_POLARITY = 0.15
-SPEAKER_SCALE = 0.6
+SPEAKER_SCALE = 0.3
 
 VISION_WINDOW = (0.25, 0.6)  # fraction of the valid frames an expression (or the cue) spans
 VISION_SIGNAL = 0.4
-CUE_SIGNAL = 1.5
-FACE_SCALE = 0.5
+CUE_SIGNAL = 2.5
+FACE_SCALE = 0.3
 
 CHUNK = 256  # samples generated at a time: bounds the (chunk, L, 768) temporaries
 
@@ -186,7 +187,7 @@ def _text(rng: np.random.Generator, world: _World, drawn: _Samples, seq_len: int
         topic = rng.standard_normal((n, TOPICS), dtype=np.float32) @ world.topics
         block = rng.standard_normal((n, seq_len, width), dtype=np.float32)
         block += topic[:, None, :]
-        block += (TEXT_SIGNAL * polarity[rows, None] * informative)[:, :, None] * world.text_polarity
+        block += (polarity[rows, None] * (TEXT_CONTEXT * valid + TEXT_SIGNAL * informative))[:, :, None] * world.text_polarity
         block *= valid[:, :, None]
         out[rows] = block
     return out
