@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from msmix_cli import ablation
@@ -17,6 +18,7 @@ from msmix_cli.cli import app
 from msmix_cli.errors import BadInput, Interrupted
 from msmix_cli.metrics import METRIC_NAMES
 from msmix_cli.mixing import MIXERS
+from msmix_cli.recipes import Recipe
 from msmix_cli.training.rundir import RunDir
 
 runner = CliRunner()
@@ -102,6 +104,36 @@ def test_bad_drop_is_bad_input(drop):
 def test_bad_seeds_are_bad_input(text):
     with pytest.raises(BadInput):
         parse_seeds(text)
+
+
+# ---------------------------------------------------------------- scheduling
+
+def planned(device: str = "auto", threads=None) -> ablation.PlannedRun:
+    recipe = Recipe()
+    recipe.train.device, recipe.train.threads = device, threads
+    return ablation.PlannedRun("synth", "tfn", "msmix", 1, recipe, Path("runs/x"))
+
+
+def test_one_gpu_runs_one_at_a_time_unless_shared(monkeypatch):
+    monkeypatch.setattr(ablation, "resolve_device", lambda name: torch.device("cuda"))
+    runs = [planned("cuda"), planned("cuda")]
+    jobs, note = ablation.effective_jobs(runs, 2, share_gpu=False)
+    assert jobs == 1 and "--share-gpu" in note
+    assert ablation.effective_jobs(runs, 2, share_gpu=True) == (2, None)
+    monkeypatch.setattr(ablation, "resolve_device", lambda name: torch.device("cpu"))
+    assert ablation.effective_jobs(runs, 4, share_gpu=False) == (2, None)  # never more processes than runs
+
+
+def test_each_child_gets_its_share_of_the_cores_and_reuse_ignores_it(monkeypatch):
+    monkeypatch.setattr(ablation, "available_cores", lambda: 16)
+    run = planned()
+    child = ablation.with_fair_threads(run.recipe, 3)
+    assert child.train.threads == 5 and run.recipe.train.threads is None
+    assert ablation.with_fair_threads(planned(threads=2).recipe, 3).train.threads == 2  # the user's choice stands
+    assert ablation.same_experiment(child, run.recipe)
+    other = ablation.with_fair_threads(planned().recipe, 3)
+    other.train.lr = 0.5
+    assert not ablation.same_experiment(other, run.recipe)
 
 
 # ---------------------------------------------------------------- aggregation
@@ -203,10 +235,12 @@ def test_second_call_reuses_every_run(tiny_ablation, monkeypatch):
     out, data, _ = tiny_ablation
     before = (out / "ablation.csv").read_text()
     counter = FitCounter(monkeypatch)
-    result = invoke("ablate", *TINY, "--drop", "sig", "--out", out, "--data-root", data)
+    result = invoke("ablate", *TINY, "--drop", "sig", "--out", out, "--data-root", data, "--format", "csv")
     assert result.exit_code == 0, result.stderr
     assert counter.trained == []
     assert (out / "ablation.csv").read_text() == before
+    assert result.stdout == (out / "summary.csv").read_text()
+    assert "4 complete and reused, 0 to train" in result.stderr
 
 
 def test_interrupted_and_half_written_runs_are_redone_alone(tiny_ablation, monkeypatch):

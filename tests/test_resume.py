@@ -10,13 +10,22 @@ from pathlib import Path
 
 import torch
 
-ARGS = ["train", "--samples", "90", "--max-epochs", "4", "--seed", "5", "--set", "train.batch_size=8", "--format", "json"]
+# Enough batches per epoch that a kill lands mid-epoch; early stopping off so the run always lasts max-epochs.
+ARGS = ["train", "--samples", "300", "--max-epochs", "5", "--seed", "5", "--set", "train.batch_size=8",
+        "--set", "train.early_stop=100", "--format", "json"]
 
 
 def msmix(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "msmix_cli", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def wait_for_first_epoch(run: Path, process: subprocess.Popen) -> None:
+    """Until `last.pt` exists (renamed into place only when complete); a stat, so the poll never lags the run."""
+    deadline = time.time() + 240
+    while not (run / "last.pt").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
 
 
 def last_epoch(run: Path) -> int:
@@ -33,10 +42,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
 
     victim = msmix([*ARGS, *common, "--name", "victim"], tmp_path)
     run = tmp_path / "runs" / "victim"
-    deadline = time.time() + 240
-    while last_epoch(run) < 1 and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # land inside epoch 2, between checkpoints
+    wait_for_first_epoch(run, victim)
+    time.sleep(0.2)  # land inside epoch 2, between checkpoints
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert json.loads((run / "run.json").read_text())["status"] == "running"
@@ -55,12 +62,22 @@ def test_sigterm_stops_at_a_safe_point_and_says_how_to_resume(tmp_path):
     common = ["--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "runs"), "--name", "stopped"]
     process = msmix([*ARGS, "--max-epochs", "50", *common], tmp_path)
     run = tmp_path / "runs" / "stopped"
-    deadline = time.time() + 240
-    while last_epoch(run) < 1 and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for_first_epoch(run, process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130
     assert "msmix train --resume" in stderr and "Traceback" not in stderr
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
     assert last_epoch(run) >= 1
+
+
+def test_rng_state_survives_a_weights_only_checkpoint(tmp_path):
+    from msmix_cli.training.seeding import capture_rng, restore_rng, seed_everything
+    import numpy as np
+    import random
+
+    rng = seed_everything(7)
+    torch.save(capture_rng(rng), tmp_path / "state.pt")
+    expected = (random.random(), np.random.rand(), rng.random(), torch.rand(1).item())
+    restore_rng(torch.load(tmp_path / "state.pt", weights_only=True), rng)
+    assert (random.random(), np.random.rand(), rng.random(), torch.rand(1).item()) == expected

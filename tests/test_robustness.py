@@ -5,6 +5,7 @@ import io
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,20 @@ def test_noise_is_seeded_keeps_padding_zero_and_spares_the_input():
         valid = batch.inputs.mask(m)
         assert torch.all(first.inputs[m][valid] != batch.inputs[m][valid])
     assert torch.equal(batch.inputs.features["audio"], original)
+
+
+def test_a_sample_gets_the_same_noise_in_any_batch_size():
+    batch = replace(make_batch(), index=torch.tensor([10, 11, 12, 13]))
+    whole = gaussian_noise(0.5, seed=1)(batch)
+    in_halves = gaussian_noise(0.5, seed=1)
+    halves = [in_halves(select(batch, rows)) for rows in ([0, 1], [2, 3])]
+    for m in ("text", "audio", "vision"):
+        assert torch.equal(whole.inputs[m], torch.cat([h.inputs[m] for h in halves]))
+
+
+def select(batch: Batch, rows: list[int]) -> Batch:
+    picked = torch.tensor(rows)
+    return Batch(batch.inputs.select(picked), batch.label[picked], batch.text_ids[picked], batch.index[picked])
 
 
 def test_noise_has_the_asked_spread():

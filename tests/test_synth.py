@@ -24,8 +24,7 @@ def pooled(split, modality: str) -> np.ndarray:
 
 
 def test_same_seed_same_data_other_seed_other_data():
-    a, b = generate_synth(samples=40, seed=5, dims=SMALL, seq_len=8), generate_synth(samples=40, seed=5, dims=SMALL, seq_len=8)
-    c = generate_synth(samples=40, seed=6, dims=SMALL, seq_len=8)
+    a, b, c = (generate_synth(samples=40, seed=seed, dims=SMALL, seq_len=8) for seed in (5, 5, 6))
     for name in a:
         assert a[name].ids == b[name].ids
         np.testing.assert_array_equal(a[name].label, b[name].label)

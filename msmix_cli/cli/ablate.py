@@ -69,14 +69,14 @@ def ablate(
 
 
 def render(result: AblationResult, output: OutputFormat) -> None:
+    """The summary on stdout (tables, JSON or CSV); what was trained and written on stderr."""
     if output is OutputFormat.json:
         print(to_json({"summary": result.summary, "runs": result.runs}))
-        return
-    if output is OutputFormat.csv:
+    elif output is OutputFormat.csv:
         print(to_csv(result.summary), end="")
-        return
-    for dataset, backbone in result.groups():
-        out.print(group_table(result, dataset, backbone))
+    else:
+        for dataset, backbone in result.groups():
+            out.print(group_table(result, dataset, backbone))
     trained = sum(o.status == "trained" for o in result.outcomes)
     err.print(f"{trained} run(s) trained, {len(result.outcomes) - trained - len(result.failures)} reused, "
               f"{len(result.failures)} failed, in {result.wall_s:.1f} s", highlight=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from typing import Callable, TypeVar
 
 import typer
@@ -24,7 +25,7 @@ F = TypeVar("F", bound=Callable)
 
 
 def reports_errors(command: F) -> F:
-    """Turn an MsmixError into `error: <message>` on stderr and its exit code (2 bad input, 1 failed run)."""
+    """Turn an MsmixError into `error: <message>` on stderr and its exit code (2 bad input, 1 failed run, 130 stopped)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -36,5 +37,11 @@ def reports_errors(command: F) -> F:
         except KeyboardInterrupt:
             err.print("interrupted", highlight=False)
             raise typer.Exit(130) from None
+        except Exception as error:  # a bug, not the user's input: one line, the traceback only on request
+            if os.environ.get("MSMIX_DEBUG"):
+                raise
+            err.print(f"[bold red]internal error:[/] {type(error).__name__}: {error} "
+                      "(set MSMIX_DEBUG=1 for the traceback, and please report it)", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

@@ -23,7 +23,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import h5py
 import numpy as np
@@ -39,6 +39,8 @@ SPLITS = ("train", "valid", "test")
 UNIMODAL = ("T", "A", "V")
 FINITE_CHECK_ROWS = 512  # rows checked at a time: bounds the boolean temporaries for a MOSEI-sized split
 LABEL_TOLERANCE = 1e-4  # labels stored as float32 may sit a rounding step outside the range
+
+Fail = Callable[[str], BadInput]  # builds the one-line error of a check, naming the file
 
 
 @dataclass
@@ -99,11 +101,12 @@ def _check_splits(target: Path, splits: Mapping[str, SplitArrays], label_range: 
         for m in MODALITIES:
             _check_modality(fail, name, m, split, first)
         _check_samples(fail, name, split, label_range)
-        if sorted(split.extra_labels) != sorted(first.extra_labels) or (split.text_ids is None) != (first.text_ids is None):
+        same_labels = sorted(split.extra_labels) == sorted(first.extra_labels)
+        if not same_labels or (split.text_ids is None) != (first.text_ids is None):
             raise fail(f"{name} has other optional arrays (unimodal labels, text_ids) than {SPLITS[0]}")
 
 
-def _check_modality(fail, name: str, m: str, split: SplitArrays, first: SplitArrays) -> None:
+def _check_modality(fail: Fail, name: str, m: str, split: SplitArrays, first: SplitArrays) -> None:
     if m not in split.features or m not in split.lengths:
         raise fail(f"{name} has no {m} features or lengths")
     x, n = split.features[m], len(split.ids)
@@ -122,12 +125,10 @@ def _check_modality(fail, name: str, m: str, split: SplitArrays, first: SplitArr
         raise fail(f"{name}/{m}_lengths must lie in [0, {x.shape[1]}]; found {lengths.min()}..{lengths.max()}")
 
 
-def _check_samples(fail, name: str, split: SplitArrays, label_range: float) -> None:
+def _check_samples(fail: Fail, name: str, split: SplitArrays, label_range: float) -> None:
     n = len(split.ids)
     if n == 0:
         raise fail(f"{name} is empty")
-    if len(set(split.ids)) != n:
-        raise fail(f"{name} has duplicate ids")
     labels = {"label": split.label, **{f"label_{k}": v for k, v in split.extra_labels.items()}}
     for key, values in labels.items():
         if key != "label" and key[len("label_"):] not in UNIMODAL:
@@ -144,7 +145,8 @@ def _check_samples(fail, name: str, split: SplitArrays, label_range: float) -> N
 
 
 def _all_finite(x: np.ndarray) -> bool:
-    return all(np.isfinite(x[start:start + FINITE_CHECK_ROWS]).all() for start in range(0, x.shape[0], FINITE_CHECK_ROWS))
+    starts = range(0, x.shape[0], FINITE_CHECK_ROWS)
+    return all(np.isfinite(x[start:start + FINITE_CHECK_ROWS]).all() for start in starts)
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -198,11 +200,14 @@ class SplitData:
 
     @property
     def labels(self) -> np.ndarray:
-        return self._index.label
+        """float32 (N,) in stored order, read-only (the batches share it)."""
+        view = self._index.label.view()
+        view.flags.writeable = False
+        return view
 
     @property
     def ids(self) -> list[str]:
-        return self._index.ids
+        return list(self._index.ids)
 
     def batches(self, batch_size: int, *, shuffle: bool, rng: np.random.Generator | None = None,
                 indices: np.ndarray | None = None, drop_last: bool = False) -> Iterator[Batch]:
@@ -295,7 +300,8 @@ def open_cache(path: str | Path, *, in_memory: bool = True) -> CacheFile:
     try:
         handle = h5py.File(path, "r")
     except OSError as error:
-        raise BadInput(f"{path}: not a readable HDF5 file, perhaps truncated or damaged ({_first_line(error)})") from None
+        raise BadInput(f"{path}: not a readable HDF5 file, perhaps truncated or damaged "
+                       f"({_first_line(error)})") from None
     try:
         _check_layout(path, handle)
         return CacheFile(path, handle, in_memory)
@@ -312,7 +318,7 @@ def _check_layout(path: Path, handle: h5py.File) -> None:
     if _text_attr(attrs.get("format", "")) != FORMAT:
         raise fail(f"not an msmix cache (no format={FORMAT!r} attribute)")
     version = attrs.get("version")
-    if version != VERSION:
+    if not (np.ndim(version) == 0 and version == VERSION):
         raise fail(f"cache version {version}, this msmix reads version {VERSION}; recreate it with `msmix preprocess`")
     for key in ("dataset", "setting", "label_range", "provenance"):
         if key not in attrs:
@@ -331,7 +337,7 @@ def _check_layout(path: Path, handle: h5py.File) -> None:
         _check_group(fail, handle[name], handle[SPLITS[0]])
 
 
-def _check_group(fail, group: h5py.Group, first: h5py.Group) -> None:
+def _check_group(fail: Fail, group: h5py.Group, first: h5py.Group) -> None:
     name = group.name.lstrip("/")
     ids = _dataset(fail, group, "id")
     if ids.ndim != 1 or ids.dtype.kind != "O" or ids.shape[0] == 0:
@@ -355,14 +361,14 @@ def _check_group(fail, group: h5py.Group, first: h5py.Group) -> None:
                        f"{ids_array.dtype} {ids_array.shape}")
 
 
-def _dataset(fail, group: h5py.Group, key: str) -> h5py.Dataset:
+def _dataset(fail: Fail, group: h5py.Group, key: str) -> h5py.Dataset:
     item = group.get(key)
     if not isinstance(item, h5py.Dataset):
         raise fail(f"{group.name.lstrip('/')}/{key} is missing")
     return item
 
 
-def _contiguous(fail, group: h5py.Group, key: str, dtype: type | None) -> h5py.Dataset:
+def _contiguous(fail: Fail, group: h5py.Group, key: str, dtype: type | None) -> h5py.Dataset:
     item = _dataset(fail, group, key)
     where = f"{group.name.lstrip('/')}/{key}"
     if dtype is not None and item.dtype != dtype:
@@ -372,11 +378,11 @@ def _contiguous(fail, group: h5py.Group, key: str, dtype: type | None) -> h5py.D
     return item
 
 
-def _vector(fail, group: h5py.Group, key: str, n: int, kinds: str) -> None:
+def _vector(fail: Fail, group: h5py.Group, key: str, n: int, kinds: str) -> None:
     item = _dataset(fail, group, key)
     if item.shape != (n,) or item.dtype.kind not in kinds:
-        raise fail(f"{group.name.lstrip('/')}/{key} must be a vector of {n} {'integers' if 'i' in kinds else 'floats'}; "
-                   f"got {item.dtype} {item.shape}")
+        what = "integers" if "i" in kinds else "floats"
+        raise fail(f"{group.name.lstrip('/')}/{key} must be a vector of {n} {what}; got {item.dtype} {item.shape}")
 
 
 def _read_index(path: Path, group: h5py.Group) -> _SplitIndex:
@@ -390,16 +396,16 @@ def _read_index(path: Path, group: h5py.Group) -> _SplitIndex:
     label = _read(path, group["label"]).astype(np.float32)
     if not np.isfinite(label).all():
         raise BadInput(f"{path}: {name}/label holds NaN or inf")
-    ids = [str(i) for i in _read(path, group["id"].asstr())]
+    ids = [str(i) for i in _read(path, group["id"], as_text=True)]
     return _SplitIndex(lengths, label, ids)
 
 
-def _read(path: Path, dataset: Any) -> np.ndarray:
+def _read(path: Path, dataset: h5py.Dataset, *, as_text: bool = False) -> np.ndarray:
+    """A whole dataset; damaged storage (which h5py only finds on reading) is BadInput naming the file."""
     try:
-        return np.asarray(dataset[()])
+        return np.asarray((dataset.asstr() if as_text else dataset)[()])
     except (OSError, ValueError) as error:
-        raise BadInput(f"{path}: cannot read {dataset.name if hasattr(dataset, 'name') else 'a dataset'} "
-                       f"({_first_line(error)})") from None
+        raise BadInput(f"{path}: cannot read {dataset.name} ({_first_line(error)})") from None
 
 
 def _memory_map(path: Path, dataset: h5py.Dataset) -> np.memmap:

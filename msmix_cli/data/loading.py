@@ -40,8 +40,9 @@ def load_dataset(name: str, *, setting: str | None, data_root: Path, samples: in
         _refuse_synth_options(samples, synth_dims, synth_seq_len)
         path = cache_path(data_root, name, setting)
         if not path.is_file():
+            preprocess = f"msmix preprocess --dataset {name}{_setting_flag(spec, setting)}"
             raise BadInput(f"{path} not found; create it with `msmix download --dataset {name}` (add `--from PATH` "
-                           f"for MMSA's feature pickles) then `msmix preprocess --dataset {name}{_setting_flag(spec, setting)}`")
+                           f"for MMSA's feature pickles) then `{preprocess}`")
     cache = open_cache(path, in_memory=in_memory)
     if (cache.dataset, cache.setting) != (name, setting):
         cache.close()

@@ -1,10 +1,11 @@
 """`synth`: the built-in synthetic benchmark, MOSI-shaped, with a cross-modal signal a model has to combine.
 
-Every sample has a latent sentiment s (its label plus a little annotation noise). Each modality sees s its
-own way: text through a polarity direction on a few informative tokens, audio through intensity |s| (hardly
-its sign), vision through a weak polarity burst on a window of frames. Some samples have one modality
-contradicting the others: in "sarcasm" the text's polarity is flipped and a cue in vision says so (the model
-must multiply the text by the cue), in "misleading vision" the face shows the opposite polarity with no cue.
+Every sample has a latent sentiment s (its label plus annotation noise). Each modality sees s its own way:
+text through a polarity direction, faint on every token and strong on a few sentiment words; audio through
+the intensity |s| (hardly its sign); vision through a weak polarity burst on a window of frames. Some
+samples have one modality contradicting the others: in "sarcasm" the text's polarity is flipped and a cue in
+vision says so (the model must multiply the text by the cue), in "misleading vision" the face shows the
+opposite polarity with no cue.
 No single modality, and no linear model, reaches the best score. data/README.md documents the process and
 the scores simple models reach on it.
 
@@ -14,7 +15,7 @@ Everything is drawn from one seed with float32 arrays, vectorised over samples (
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 
@@ -110,7 +111,8 @@ def split_sizes(total: int) -> dict[str, int]:
 
 def _check(total: int, widths: Mapping[str, int], seq_len: int) -> None:
     if total < MIN_PER_SPLIT * len(SPLITS):
-        raise BadInput(f"--samples must be at least {MIN_PER_SPLIT * len(SPLITS)} ({MIN_PER_SPLIT} per split); got {total}")
+        least = MIN_PER_SPLIT * len(SPLITS)
+        raise BadInput(f"--samples must be at least {least} ({MIN_PER_SPLIT} per split); got {total}")
     unknown = sorted(set(widths) - set(MODALITIES))
     if unknown:
         raise BadInput(f"synth has no modality {', '.join(unknown)}; its modalities: {', '.join(MODALITIES)}")
@@ -139,7 +141,7 @@ def _make_world(rng: np.random.Generator, widths: Mapping[str, int]) -> _World:
 
 
 def _draw_labels(rng: np.random.Generator, total: int) -> np.ndarray:
-    """MOSI-like: two modes around ±1.5, most mass on ±0.3..±2, a few exact zeros, on the 1/3 grid."""
+    """MOSI-like: two modes near ±1, most mass on ±0.3..±2, a few exact zeros, on the 1/3 grid."""
     magnitude = LABEL_STEP + rng.gamma(shape=2.0, scale=0.6, size=total)
     sign = np.where(rng.random(total) < NEGATIVE_RATE, -1.0, 1.0)
     label = np.clip(np.round(sign * magnitude / LABEL_STEP) * LABEL_STEP, -3.0, 3.0)
@@ -149,13 +151,13 @@ def _draw_labels(rng: np.random.Generator, total: int) -> np.ndarray:
 
 def _draw_samples(rng: np.random.Generator, total: int, seq_len: int) -> _Samples:
     label = _draw_labels(rng, total)
-    sentiment = label + rng.normal(0.0, ANNOTATION_NOISE, total).astype(np.float32)
-    # utterance lengths: short ones are common (MOSI's median is about 12 words), a few fill the window
+    sentiment = (label + rng.normal(0.0, ANNOTATION_NOISE, total)).astype(np.float32)
+    # utterance lengths: short ones are common, a few fill the window
     length = np.clip(np.rint(rng.lognormal(np.log(14.0), 0.6, total) * seq_len / 50.0), 1, seq_len).astype(np.int32)
     kind = rng.random(total)
     sarcastic = kind < SARCASM_RATE
     misleading = (kind >= SARCASM_RATE) & (kind < SARCASM_RATE + MISLEADING_VISION_RATE)
-    return _Samples(label, sentiment.astype(np.float32), length, sarcastic, misleading)
+    return _Samples(label, sentiment, length, sarcastic, misleading)
 
 
 def _valid(length: np.ndarray, seq_len: int) -> np.ndarray:
@@ -170,13 +172,13 @@ def _window(rng: np.random.Generator, length: np.ndarray, seq_len: int) -> np.nd
     return (steps >= start[:, None]) & (steps < (start + width)[:, None])
 
 
-def _chunks(total: int):
+def _chunks(total: int) -> Iterator[slice]:
     for start in range(0, total, CHUNK):
         yield slice(start, min(start + CHUNK, total))
 
 
 def _text(rng: np.random.Generator, world: _World, drawn: _Samples, seq_len: int) -> np.ndarray:
-    """Token features: noise + the sample's topic + (on informative tokens) the polarity direction times s."""
+    """Token features: noise + the sample's topic + the polarity direction times s, strongest on sentiment words."""
     total, width = len(drawn.label), world.text_polarity.shape[0]
     polarity = np.where(drawn.sarcastic, -drawn.sentiment, drawn.sentiment).astype(np.float32)
     out = np.empty((total, seq_len, width), np.float32)
@@ -187,7 +189,8 @@ def _text(rng: np.random.Generator, world: _World, drawn: _Samples, seq_len: int
         topic = rng.standard_normal((n, TOPICS), dtype=np.float32) @ world.topics
         block = rng.standard_normal((n, seq_len, width), dtype=np.float32)
         block += topic[:, None, :]
-        block += (polarity[rows, None] * (TEXT_CONTEXT * valid + TEXT_SIGNAL * informative))[:, :, None] * world.text_polarity
+        strength = polarity[rows, None] * (TEXT_CONTEXT * valid + TEXT_SIGNAL * informative)
+        block += strength[:, :, None] * world.text_polarity
         block *= valid[:, :, None]
         out[rows] = block
     return out
@@ -213,8 +216,8 @@ def _vision(rng: np.random.Generator, world: _World, drawn: _Samples, seq_len: i
     cue = _window(rng, drawn.length, seq_len) * (CUE_SIGNAL * drawn.sarcastic)[:, None]
     face = FACE_SCALE * rng.standard_normal((total, 1, width), dtype=np.float32)
     frames = face + rng.standard_normal((total, seq_len, width), dtype=np.float32)
-    frames += expression[:, :, None].astype(np.float32) * world.vision_polarity
-    frames += cue[:, :, None].astype(np.float32) * world.vision_cue
+    frames += expression[:, :, None] * world.vision_polarity
+    frames += cue[:, :, None] * world.vision_cue
     return frames * _valid(drawn.length, seq_len)[:, :, None]
 
 
@@ -224,7 +227,7 @@ def _split(features: Mapping[str, np.ndarray], drawn: _Samples, ids: list[str],
     for name, size in sizes.items():
         rows = slice(start, start + size)
         out[name] = SplitArrays(
-            features={m: np.ascontiguousarray(features[m][rows]) for m in MODALITIES},
+            features={m: features[m][rows] for m in MODALITIES},
             lengths={m: drawn.length[rows].copy() for m in MODALITIES},
             label=drawn.label[rows].copy(),
             ids=ids[rows],

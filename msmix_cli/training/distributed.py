@@ -150,12 +150,21 @@ def shard(order: np.ndarray, where: Ranks) -> np.ndarray:
     return padded[where.rank::where.world]
 
 
+def trained_per_epoch(samples: int, batch_size: int) -> int:
+    """How many of an epoch's `samples` are trained on: all but one when the last batch would hold a single sample.
+
+    BatchNorm (TFN, LMF, MISA) cannot train on a batch of one; the sample left out differs every epoch.
+    """
+    return samples - 1 if samples > 1 and samples % batch_size == 1 else samples
+
+
 def epoch_batches(split: SplitData, batch_size: int, rng: np.random.Generator) -> Iterator[Batch]:
     """One epoch of shuffled training batches: all of them in a single process, this rank's share under DDP."""
     where = ranks()
-    if where.world == 1:
-        return split.batches(batch_size, shuffle=True, rng=rng)
-    return split.batches(batch_size, shuffle=False, indices=shard(rng.permutation(len(split)), where))
+    order = rng.permutation(len(split))
+    if where.world > 1:
+        order = shard(order, where)
+    return split.batches(batch_size, shuffle=False, indices=order[:trained_per_epoch(len(order), batch_size)])
 
 
 def mixing_generator(rng: np.random.Generator, seed: int, epoch: int) -> np.random.Generator:

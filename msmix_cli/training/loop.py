@@ -173,7 +173,8 @@ def fit(recipe: Recipe, run: RunDir, *, data_root: Path, command: str = "msmix t
     model, mixer, device, t = setup.model, setup.mixer, setup.device, recipe.train
     training_step = distributed.replicate(TrainingStep(model, mixer), device, unused_parameters=count_parameters(mixer) > 0)
     train_split = setup.data.split("train")
-    batches_per_epoch = math.ceil(distributed.shard_size(len(train_split)) / t.batch_size)
+    trained = distributed.trained_per_epoch(distributed.shard_size(len(train_split)), t.batch_size)
+    batches_per_epoch = math.ceil(trained / t.batch_size)
     optimizer = make_optimizer(setup)
     scheduler = make_scheduler(setup, optimizer, math.ceil(batches_per_epoch / t.accumulation))
     dtype = amp_dtype(device, t.amp)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
+import numpy as np
 import torch
 
 from msmix_cli.errors import BadInput
@@ -43,20 +44,25 @@ def drop_modalities(modalities: Iterable[str]) -> Perturbation:
 def gaussian_noise(sigma: float, *, seed: int = 0, modalities: Iterable[str] = MODALITIES) -> Perturbation:
     """Add N(0, sigma^2) to the valid steps of the given modalities, in the features' own units.
 
-    The noise comes from one CPU generator seeded once, so evaluating the same unshuffled split twice (on
-    any device) adds the same noise to the same samples.
+    Each sample's noise is drawn from its own generator, seeded by (seed, modality, row in the split), so a
+    sample gets the same noise whatever the batch size, the device or the run: runs compared under noise
+    see exactly the same perturbed inputs.
     """
     if not sigma >= 0:
         raise BadInput(f"--noise must be a standard deviation >= 0, got {sigma}")
     noisy = check_modalities(modalities)
-    generator = torch.Generator().manual_seed(seed)
+    seen = 0  # rows of a batch without `index` are numbered by their position in the (unshuffled) stream
 
     def perturb(batch: Batch) -> Batch:
+        nonlocal seen
+        rows = batch.index.tolist() if batch.index is not None else list(range(seen, seen + batch.size))
+        seen += batch.size
         inputs: Multimodal = batch.inputs
         features = dict(inputs.features)
         for m in noisy:
             x = inputs.features[m]
-            noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
+            noise = torch.stack([sample_noise(x.shape[1:], seed, MODALITIES.index(m), row) for row in rows])
+            noise = noise.to(device=x.device, dtype=x.dtype)
             mask = inputs.mask(m)
             if mask is not None:
                 noise = noise * mask.unsqueeze(-1).to(noise.dtype)
@@ -64,6 +70,12 @@ def gaussian_noise(sigma: float, *, seed: int = 0, modalities: Iterable[str] = M
         return replace(batch, inputs=replace(inputs, features=features))
 
     return perturb
+
+
+def sample_noise(shape: torch.Size, *seeds: int) -> torch.Tensor:
+    """Standard normal noise of `shape` from a CPU generator seeded by the integers `seeds`."""
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence(seeds).generate_state(1)[0]))
+    return torch.randn(shape, generator=generator, dtype=torch.float32)
 
 
 @dataclass(frozen=True)
