@@ -121,3 +121,22 @@ def test_incomplete_run_is_refused(trained, tmp_path):
     (partial / "run.json").write_text(json.dumps({"status": "running"}))
     result = invoke("evaluate", partial, "--data-root", data)
     assert result.exit_code == 2 and "not complete" in result.stderr
+
+
+def test_an_internal_error_is_one_line_and_exit_1(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("something inside broke")
+
+    monkeypatch.setattr("msmix_cli.cli.train.fit", broken)
+    monkeypatch.delenv("MSMIX_DEBUG", raising=False)
+    result = invoke("train", "--samples", 40, "--data-root", tmp_path / "data", "--out", tmp_path / "runs")
+    assert result.exit_code == 1
+    assert "internal error: ValueError: something inside broke" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_training_set_that_leaves_one_sample_over_trains(tmp_path):
+    # 233 training segments in batches of 8 leave one over: BatchNorm cannot train on a batch of one
+    result = invoke("train", "--samples", 400, "--max-epochs", 1, "--set", "train.batch_size=8", "--format", "json",
+                    "--data-root", tmp_path / "data", "--out", tmp_path / "runs", "--name", "odd")
+    assert result.exit_code == 0, result.output

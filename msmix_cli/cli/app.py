@@ -6,6 +6,7 @@ import functools
 import os
 from typing import Callable, TypeVar
 
+import click
 import typer
 from rich.console import Console
 
@@ -37,6 +38,8 @@ def reports_errors(command: F) -> F:
         except KeyboardInterrupt:
             err.print("interrupted", highlight=False)
             raise typer.Exit(130) from None
+        except (typer.Exit, click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
         except Exception as error:  # a bug, not the user's input: one line, the traceback only on request
             if os.environ.get("MSMIX_DEBUG"):
                 raise
