@@ -80,15 +80,18 @@ def variant_label(name: str) -> str:
     return name
 
 
-def parse_variants(drop: str | None, grid: bool) -> list[Variant]:
+def parse_variants(drop: str | None, grid: bool, baselines: bool = False) -> list[Variant]:
     """`--drop sig,sal` -> full, -SIG, -SAL; `sig+sal` drops both in one variant; `all` (= --grid) adds
-    -SASS, -SIG, -SAL and every other registered mixer as a baseline. The full model always comes first."""
+    -SASS, -SIG, -SAL and every other registered mixer as a baseline; `baselines` adds only the other mixers.
+    The full model always comes first."""
     tokens = [token.strip() for token in (drop or "").split(",") if token.strip()]
-    if not tokens and not grid:
-        raise BadInput("say what to compare: --drop sass,sig,sal (one variant per part), --drop sig+sal, --drop all or --grid")
+    if not tokens and not grid and not baselines:
+        raise BadInput("say what to compare: --drop sass,sig,sal (one variant per part), --drop sig+sal, --drop all, "
+                       "--grid or --baselines")
     variants = [full_model()]
     if grid or "all" in tokens:
         variants += [without([part]) for part in MIX_PARTS]
+    if grid or baselines or "all" in tokens:
         variants += [baseline(name) for name in MIXERS.names() if name != "msmix"]
     for token in tokens:
         if token == "all":

@@ -307,3 +307,10 @@ def test_bad_input_exits_2_with_one_line(args, fragment, tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and fragment in lines[0], result.stderr
     assert not (tmp_path / "abl").exists()  # nothing trained, nothing written
+
+
+def test_baselines_compare_the_full_model_with_every_other_mixer_only():
+    names = [v.name for v in parse_variants(None, grid=False, baselines=True)]
+    assert names == [REFERENCE, *(m for m in MIXERS.names() if m != "msmix")]
+    with_drop = [v.name for v in parse_variants("sig", grid=False, baselines=True)]
+    assert set(with_drop) == set(names) | {f"{REFERENCE}-nosig"}

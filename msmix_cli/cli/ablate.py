@@ -33,6 +33,8 @@ def ablate(
     drop: Optional[str] = typer.Option(None, help="MS-Mix parts to ablate, one variant each: sass,sig,sal; "
                                                   "sig+sal drops both in one variant; all = --grid."),
     grid: bool = typer.Option(False, "--grid", help="Full MS-Mix, -SASS, -SIG, -SAL and every other mixer as a baseline."),
+    baselines: bool = typer.Option(False, "--baselines", help="Full MS-Mix against every other mixer (none, mixup, "
+                                                               "manifold); add --drop for ablated variants too."),
     seeds: str = typer.Option("1111,1112,1113", help="Training seeds, comma-separated; every variant runs on each."),
     jobs: int = typer.Option(1, help="Trainings in parallel processes (CPU: cores are shared out; GPU: see --share-gpu)."),
     share_gpu: bool = typer.Option(False, "--share-gpu", help="Let --jobs runs share one GPU (default: one at a time there)."),
@@ -52,9 +54,11 @@ def ablate(
     ablation.png to --out.
 
     Example: msmix ablate --dataset synth --backbone mult --drop all --jobs 2 --out runs/abl-mult
+
+    Example: msmix ablate --dataset synth --backbone tfn,lmf --baselines --max-epochs 5
     """
     spec = AblationSpec(
-        variants=tuple(parse_variants(drop, grid)), seeds=parse_seeds(seeds), out=out_dir,
+        variants=tuple(parse_variants(drop, grid, baselines)), seeds=parse_seeds(seeds), out=out_dir,
         data_root=data_root or data_root_default(), datasets=parse_names(dataset), backbones=parse_names(backbone),
         recipe_path=recipe, flags=training_overrides(None, None, device, max_epochs, samples, {}),
         assignments=tuple(set_), jobs=jobs, share_gpu=share_gpu)
