@@ -140,3 +140,10 @@ def test_a_training_set_that_leaves_one_sample_over_trains(tmp_path):
     result = invoke("train", "--samples", 400, "--max-epochs", 1, "--set", "train.batch_size=8", "--format", "json",
                     "--data-root", tmp_path / "data", "--out", tmp_path / "runs", "--name", "odd")
     assert result.exit_code == 0, result.output
+
+
+def test_dry_run_needs_no_data_and_prints_the_reference_count(tmp_path):
+    result = invoke("train", "--dry-run", "--dataset", "mosi", "--backbone", "mult", "--data-root", tmp_path / "empty")
+    assert result.exit_code == 0, result.output
+    assert "2,571,551 trainable parameters" in result.output  # MMSA's MulT at MOSI's settings
+    assert not (tmp_path / "empty").exists()

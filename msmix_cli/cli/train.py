@@ -20,7 +20,7 @@ from msmix_cli.models import count_parameters
 from msmix_cli.recipes import Recipe, resolve_recipe
 from msmix_cli.report import comparison_table, metrics_table, to_csv, to_json
 from msmix_cli.training import distributed
-from msmix_cli.training.loop import build, evaluate_run, fit
+from msmix_cli.training.loop import build_networks, evaluate_run, fit, published_shape
 from msmix_cli.training.perturb import PerturbSpec
 from msmix_cli.training.rundir import RunDir
 
@@ -105,9 +105,9 @@ def train(
     resolved = resolve_recipe(recipe, dataset=dataset, backbone=backbone, assignments=set_,
                               overrides=training_overrides(mix, seed, device, max_epochs, samples, drops))
     if dry_run:
-        setup = build(resolved, root)
-        out.print(f"{resolved.backbone} on {resolved.data.dataset}: {count_parameters(setup.model):,} trainable parameters "
-                  f"(+{count_parameters(setup.mixer):,} in the {resolved.mix.name} mixer); recipe is valid.", highlight=False)
+        model, mixer = build_networks(resolved, published_shape(resolved))  # no data needed, so none is read
+        out.print(f"{resolved.backbone} on {resolved.data.dataset}: {count_parameters(model):,} trainable parameters "
+                  f"(+{count_parameters(mixer):,} in the {resolved.mix.name} mixer); recipe is valid.", highlight=False)
         return
     run, resuming = distributed.on_main(lambda: choose_run(resolved, out_dir, name))
     run_training(resolved, run, root, output, resume=resuming)

@@ -67,6 +67,13 @@ def keeps_in_memory(recipe: Recipe) -> bool:
     return samples * sum(steps * spec.dims[m] for m, steps in lengths.items()) * 4 <= IN_MEMORY_LIMIT
 
 
+def published_shape(recipe: Recipe) -> DataShape:
+    """The shape of the recipe's dataset as FORMATS.md publishes it: enough to build the networks without the data."""
+    spec = DATASETS.get(recipe.data.dataset)
+    setting = recipe.data.setting or spec.settings[0]
+    return DataShape(dict(spec.dims), dict(spec.seq_lens[setting]), spec.label_range, aligned=setting == "aligned")
+
+
 def build_networks(recipe: Recipe, shape: DataShape) -> tuple[Backbone, Mixer]:
     """The recipe's backbone and mixer for data of `shape`, on the CPU."""
     model = build_backbone(recipe.backbone, recipe.backbone_config(), shape)
