@@ -170,7 +170,7 @@ def test_indices_choose_rows_and_order(tmp_path):
 
 
 @pytest.mark.parametrize("indices", [None, np.array([5, 1, 1, 22, 3, 0, 5, 17])])
-def test_memory_mapped_batches_equal_in_memory_batches(tmp_path, indices):
+def test_batches_read_from_the_file_equal_in_memory_batches(tmp_path, indices):
     path = write(tmp_path / "c.h5", make_splits(text_ids=True))
     with open_cache(path) as loaded, open_cache(path, in_memory=False) as mapped:
         for name in SPLITS:

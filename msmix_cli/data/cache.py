@@ -4,7 +4,7 @@ One HDF5 file per dataset and setting, `<data-root>/cache/<dataset>-<setting>.h5
     attrs:  format="msmix-cache", version=1, dataset, setting, label_range (float),
             provenance (JSON string: sources with SHA-256, settings, msmix version)
     /train, /valid, /test, each a group of datasets, all contiguous (no chunks, no compression) so a
-    reader can memory-map them:
+    reader can read any row at a known file offset:
         text, audio, vision                     float32 (N, L_m, D_m), zero-padded at the end
         text_lengths, audio_lengths, vision_lengths  int32 (N,)
         label                                    float32 (N,)
@@ -12,9 +12,8 @@ One HDF5 file per dataset and setting, `<data-root>/cache/<dataset>-<setting>.h5
         text_ids                                 int64 (N, 3, L_T) optional (BERT input_ids/mask/segment)
         id                                       variable-length UTF-8 strings (N,)
 
-A split is read as whole tensors (`in_memory=True`) or, for caches larger than memory, row by row through a
-memory map of the contiguous datasets; either way a batch is one index operation per array, never a Python
-loop over samples.
+A split is read as whole tensors (`in_memory=True`, a batch is one gather per array) or, for caches larger
+than memory, each batch's rows are read from the file at their offsets (one read per row, in file order).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Mapping, Protocol, Sequence
 
 import h5py
 import numpy as np
@@ -77,7 +76,7 @@ def write_cache(path: str | Path, *, dataset: str, setting: str, splits: Mapping
 
 
 def _write_split(group: h5py.Group, split: SplitArrays) -> None:
-    # `data=` without chunks or compression gives contiguous storage, which the reader memory-maps
+    # `data=` without chunks or compression gives contiguous storage: a row sits at offset + row * row_bytes
     for m in MODALITIES:
         group.create_dataset(m, data=split.features[m])
         group.create_dataset(f"{m}_lengths", data=np.asarray(split.lengths[m], dtype=np.int32))
@@ -175,15 +174,31 @@ class _TensorRows:
         return self.tensor[torch.from_numpy(index)]
 
 
-class _MappedRows:
-    """An array left on disk: each batch reads its rows in file order (each once), then puts them in batch order."""
+class _FileRows:
+    """An array left on disk: each batch reads its rows in file order (each once), then puts them in batch order.
 
-    def __init__(self, array: np.memmap):
-        self.array = array
+    Plain reads, not a memory map: the pages they bring in stay in the OS page cache, which the kernel can
+    drop, while every page a map has touched counts in the process's resident memory (6 GB by the end of
+    a MOSEI epoch).
+    """
+
+    def __init__(self, file: BinaryIO, path: Path, dataset: h5py.Dataset):
+        self.file, self.path, self.name = file, path, dataset.name
+        self.offset = dataset.id.get_offset()
+        self.dtype = dataset.dtype
+        self.row_shape = dataset.shape[1:]
+        self.row_bytes = math.prod(self.row_shape) * self.dtype.itemsize
+        if self.offset is None or self.offset + dataset.shape[0] * self.row_bytes > path.stat().st_size:
+            raise BadInput(f"{path}: {dataset.name} ends past the end of the file; the file is truncated")
 
     def take(self, index: np.ndarray) -> torch.Tensor:
         rows, order = np.unique(index, return_inverse=True)
-        return torch.from_numpy(np.ascontiguousarray(self.array[rows][order]))
+        out = np.empty((len(rows), *self.row_shape), self.dtype)
+        for slot, row in enumerate(rows):
+            self.file.seek(self.offset + int(row) * self.row_bytes)
+            if self.file.readinto(memoryview(out[slot]).cast("B")) != self.row_bytes:
+                raise BadInput(f"{self.path}: {self.name} row {row} is cut short; the file changed or is truncated")
+        return torch.from_numpy(out[order])
 
 
 class SplitData:
@@ -252,6 +267,7 @@ class CacheFile:
         self.path = path
         self._handle = handle
         self._in_memory = in_memory
+        self._rows_file: BinaryIO | None = None
         self._splits: dict[str, SplitData] = {}
         attrs = handle.attrs
         self.dataset: str = _text_attr(attrs["dataset"])
@@ -274,6 +290,8 @@ class CacheFile:
 
     def close(self) -> None:
         self._handle.close()
+        if self._rows_file is not None:
+            self._rows_file.close()
 
     def __enter__(self) -> CacheFile:
         return self
@@ -285,13 +303,15 @@ class CacheFile:
         names = [*MODALITIES, *(["text_ids"] if "text_ids" in group else [])]
         if self._in_memory:
             return {k: _TensorRows(torch.from_numpy(_read(self.path, group[k]))) for k in names}
-        return {k: _MappedRows(_memory_map(self.path, group[k])) for k in names}
+        if self._rows_file is None:
+            self._rows_file = open(self.path, "rb", buffering=0)  # one handle for every split's rows
+        return {k: _FileRows(self._rows_file, self.path, group[k]) for k in names}
 
 
 def open_cache(path: str | Path, *, in_memory: bool = True) -> CacheFile:
     """Open and validate a cache; anything off (not HDF5, truncated, wrong layout) is a one-line BadInput.
 
-    `in_memory=False` leaves the features on disk and reads each batch's rows through a memory map, so a
+    `in_memory=False` leaves the features on disk and reads only each batch's rows from the file, so a
     cache larger than RAM (MOSEI unaligned is about 6 GB) can be trained on.
     """
     path = Path(path)
@@ -406,14 +426,6 @@ def _read(path: Path, dataset: h5py.Dataset, *, as_text: bool = False) -> np.nda
         return np.asarray((dataset.asstr() if as_text else dataset)[()])
     except (OSError, ValueError) as error:
         raise BadInput(f"{path}: cannot read {dataset.name} ({_first_line(error)})") from None
-
-
-def _memory_map(path: Path, dataset: h5py.Dataset) -> np.memmap:
-    offset = dataset.id.get_offset()
-    end = offset + math.prod(dataset.shape) * dataset.dtype.itemsize
-    if end > path.stat().st_size:
-        raise BadInput(f"{path}: {dataset.name} ends past the end of the file; the file is truncated")
-    return np.memmap(path, dtype=dataset.dtype, mode="r", offset=offset, shape=dataset.shape)
 
 
 def _text_attr(value: Any) -> str:
