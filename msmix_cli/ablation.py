@@ -33,7 +33,7 @@ from msmix_cli.errors import BadInput, Interrupted, MsmixError, RunFailed
 from msmix_cli.io import atomic_write_text
 from msmix_cli.metrics import HIGHER_IS_BETTER, KEY_METRIC, METRIC_NAMES
 from msmix_cli.mixing import MIXERS
-from msmix_cli.recipes import Recipe, resolve_recipe
+from msmix_cli.recipes import SEED_LIMIT, Recipe, resolve_recipe
 from msmix_cli.report import to_csv, to_json
 from msmix_cli.training.device import available_cores, resolve_device
 from msmix_cli.training.events import Event as TrainingEvent, ignore
@@ -113,6 +113,8 @@ def parse_seeds(text: str) -> tuple[int, ...]:
         raise BadInput("--seeds needs at least one seed")
     if len(set(seeds)) != len(seeds):
         raise BadInput(f"--seeds repeats a seed: {text}")
+    if not all(0 <= seed < SEED_LIMIT for seed in seeds):
+        raise BadInput(f"--seeds must lie in [0, 2**64), got {text}")
     return seeds
 
 
@@ -167,6 +169,7 @@ def plan(spec: AblationSpec) -> list[PlannedRun]:
             base = resolve_recipe(spec.recipe_path, dataset=dataset, backbone=backbone, overrides=spec.flags,
                                   assignments=list(spec.assignments))
             DATASETS.get(base.data.dataset)
+            resolve_device(base.train.device)  # a device this host lacks would fail every run: say so once, now
             for variant in spec.variants:
                 for seed in spec.seeds:
                     recipe = dataclasses.replace(base, mix=dataclasses.replace(base.mix, **variant.mix),
@@ -278,6 +281,7 @@ def execute(runs: Sequence[PlannedRun], spec: AblationSpec, *, command: str, on_
     """Reuse what is complete, remove what was interrupted, train the rest; one RunFinished per run."""
     states = {run.path: run_state(run) for run in runs}
     pending = [run for run in runs if states[run.path] != REUSE]
+    prepare_data(pending, spec.data_root)  # a missing or damaged data set is reported before the plan is announced
     jobs, note = effective_jobs(pending, spec.jobs, spec.share_gpu)
     on_event(AblationPlanned(len(runs), len(pending), len(runs) - len(pending),
                              sum(state == REDO for state in states.values()), jobs, note))
@@ -288,7 +292,6 @@ def execute(runs: Sequence[PlannedRun], spec: AblationSpec, *, command: str, on_
             on_event(outcomes[-1])
     if not pending:
         return outcomes
-    prepare_data(pending, spec.data_root)
     for run in pending:
         if states[run.path] == REDO:
             shutil.rmtree(run.path)

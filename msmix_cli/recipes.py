@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,11 +18,13 @@ from typing import Any, Literal
 
 import yaml
 
+from msmix_cli.data.specs import DATASETS
 from msmix_cli.errors import BadInput
 from msmix_cli.mixing import MIXERS, MixConfig
 from msmix_cli.models import BACKBONES
 
 SECTIONS = ("data", "model", "mix", "train")
+SEED_LIMIT = 2**64
 
 
 @dataclass
@@ -94,7 +97,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
-    path = path.resolve()
+    try:
+        path = path.resolve()
+    except (OSError, ValueError) as error:  # a symlink loop, a NUL in a `base:` name
+        raise BadInput(f"cannot read recipe {path}: {error}") from None
     if path in seen:
         raise BadInput(f"recipe {path} includes itself through 'base:'")
     try:
@@ -106,7 +112,10 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise BadInput(f"malformed YAML in recipe {path}{where}: {getattr(error, 'problem', None) or error}") from None
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]  # a ReaderError has no `problem`
+        raise BadInput(f"malformed YAML in recipe {path}{where}: {problem}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise BadInput(f"recipe {path} nests its values too deeply") from None
     if loaded is None:
         loaded = {}
     if not isinstance(loaded, dict):
@@ -143,7 +152,7 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
             raise BadInput(f"--set expects section.key=value (e.g. train.lr=1e-3), got {assignment!r}")
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):  # not YAML (or nested too deeply for PyYAML): the text as given
             value = raw
         result.setdefault(section, {})[name] = value
     return result
@@ -169,6 +178,9 @@ def build_recipe(raw: dict[str, Any]) -> Recipe:
         train=build_dataclass(TrainConfig, raw.get("train") or {}, "train"),
     )
     MIXERS.get(recipe.mix.name)
+    spec = DATASETS.get(recipe.data.dataset)
+    if recipe.data.setting is not None and recipe.data.setting not in spec.seq_lens:
+        raise BadInput(f"{spec.name} has no setting {recipe.data.setting!r}; choose one of: {', '.join(spec.settings)}")
     recipe.backbone_config()  # validates the model keys now, before any data loads
     check_ranges(recipe)
     return recipe
@@ -194,6 +206,10 @@ def check_ranges(recipe: Recipe) -> None:
         (m.w_mix >= 0 and m.w_sal >= 0 and m.sal_scale >= 0, "mix.w_mix, mix.w_sal and mix.sal_scale must be >= 0"),
         (m.sig_tokens >= 1 and m.sig_heads >= 1, "mix.sig_tokens and mix.sig_heads must be >= 1"),
         (recipe.data.samples is None or recipe.data.samples >= 12, f"data.samples must be >= 12, got {recipe.data.samples}"),
+        (0 <= t.seed < SEED_LIMIT, f"train.seed must be in [0, 2**64), got {t.seed}"),  # what numpy and torch accept
+        (re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None,
+         f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}"),
+        (0 <= recipe.data.data_seed < SEED_LIMIT, f"data.data_seed must be in [0, 2**64), got {recipe.data.data_seed}"),
     ]
     for ok, message in rules:
         if not ok:

@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -84,7 +85,7 @@ def render(result: AblationResult, output: OutputFormat) -> None:
     trained = sum(o.status == "trained" for o in result.outcomes)
     err.print(f"{trained} run(s) trained, {len(result.outcomes) - trained - len(result.failures)} reused, "
               f"{len(result.failures)} failed, in {result.wall_s:.1f} s", highlight=False)
-    err.print(f"wrote {', '.join(p.name for p in result.files)} to {result.files[0].parent}", highlight=False)
+    err.print(escape(f"wrote {', '.join(p.name for p in result.files)} to {result.files[0].parent}"), highlight=False)
     if result.plot_note:
         err.print(f"[yellow]note:[/] {result.plot_note}", highlight=False)
 
@@ -168,4 +169,4 @@ class AblationProgress:
             value = "n/a" if event.value is None else f"{event.value:.4f}"
             self.console.print(f"[green]done[/] {event.name}  {event.seconds:.1f} s  test {event.key_metric} {value}", highlight=False)
         elif event.status == "failed":
-            self.console.print(f"[red]failed[/] {event.name}: {event.error}", highlight=False)
+            self.console.print(f"[red]failed[/] {event.name}: {escape(event.error)}", highlight=False)

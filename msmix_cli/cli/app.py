@@ -4,13 +4,35 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
-import click
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
 
 from msmix_cli.errors import MsmixError
+from msmix_cli.io import os_failure
+
+
+class OneLineUsageErrors(TyperGroup):
+    """A command line Click cannot parse (a value of the wrong type, an unknown option, a missing argument) is
+    bad input like any other: one `error:` line and Click's exit code 2, not Typer's boxed usage panel."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as error:
+            # Click's own errors carry `format_message` and `exit_code` (their class moved into Typer in 0.26);
+            # the commands' errors never get here, `reports_errors` has turned them into an exit already.
+            message = getattr(error, "format_message", None)
+            if not callable(message) or not isinstance(getattr(error, "exit_code", None), int):
+                raise
+            command = getattr(getattr(error, "ctx", None), "command_path", None)
+            hint = f" (see {command} --help)" if command else ""
+            print_error(" ".join(str(message()).split()) + hint)
+            raise typer.Exit(error.exit_code) from None
+
 
 app = typer.Typer(
     name="msmix",
@@ -18,11 +40,22 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=OneLineUsageErrors,
 )
-out = Console()  # tables and machine-readable output (stdout)
-err = Console(stderr=True)  # progress, messages and errors (stderr)
+# No emoji codes: a message naming "cuda:x:" or a file ":smile:.pkl" must print as written.
+out = Console(emoji=False)  # tables and machine-readable output (stdout)
+err = Console(stderr=True, emoji=False)  # progress, messages and errors (stderr)
 
 F = TypeVar("F", bound=Callable)
+
+
+# What str.splitlines breaks on: a name or value holding one must not break the message's single line.
+LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def print_error(message: str, label: str = "error") -> None:
+    """`error: <message>` on one line of stderr; the message is the user's text (paths, values), never markup."""
+    err.print(f"[bold red]{label}:[/] {escape(message.translate(LINE_BREAKS))}", highlight=False, soft_wrap=True)
 
 
 def reports_errors(command: F) -> F:
@@ -33,18 +66,28 @@ def reports_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except MsmixError as error:
-            err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            print_error(str(error))
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted", highlight=False)
             raise typer.Exit(130) from None
-        except (typer.Exit, click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
+        except OSError as error:
+            # The system refused something no reader reported more precisely, mostly a path the user gave (a name
+            # too long, a file where a folder should be): one line, exit 2, or 1 when the disk is full or failing.
+            failure = os_failure(f"cannot use {error.filename}" if error.filename else "a file operation failed", error)
+            print_error(str(failure))
+            raise typer.Exit(failure.exit_code) from None
         except Exception as error:  # a bug, not the user's input: one line, the traceback only on request
-            if os.environ.get("MSMIX_DEBUG"):
+            if is_framework_exit(error) or os.environ.get("MSMIX_DEBUG"):
                 raise
-            err.print(f"[bold red]internal error:[/] {type(error).__name__}: {error} "
-                      "(set MSMIX_DEBUG=1 for the traceback, and please report it)", highlight=False, soft_wrap=True)
+            print_error(f"{type(error).__name__}: {error} (set MSMIX_DEBUG=1 for the traceback, and please report it)",
+                        label="internal error")
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def is_framework_exit(error: BaseException) -> bool:
+    """Typer's and Click's own exits and usage errors, which they turn into an exit code themselves. Matched by
+    module because Typer 0.26 moved Click inside itself (`typer._click`): `click` may not be installed at all."""
+    return type(error).__module__.split(".")[0] in ("typer", "click")

@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskID,
                            TextColumn, TimeRemainingColumn, TransferSpeedColumn)
 from rich.table import Table
@@ -109,31 +110,31 @@ def preprocess_command(
 
 
 def download_table(report: DownloadReport) -> Table:
-    table = Table(title=f"{report.dataset}: {report.folder}", title_justify="left")
+    table = Table(title=f"{report.dataset}: {escape(str(report.folder))}", title_justify="left")
     for column in ("file", "status", "SHA-256", "detail"):
         table.add_column(column)
     for file in report.files:
         checked = "[green]verified[/]" if file.verified else "[dim]none published[/]"
-        table.add_row(file.name, file.status, checked, file.detail)
+        table.add_row(file.name, file.status, checked, escape(file.detail))
     return table
 
 
 def render_preprocess(report: PreprocessReport) -> None:
-    table = Table(title=f"{report.dataset} {report.setting} from {report.source}: {report.cache}", title_justify="left")
+    table = Table(title=f"{report.dataset} {report.setting} from {report.source}: {escape(str(report.cache))}", title_justify="left")
     for column in ("split", "samples", *(f"{m} (L, D)" for m in report.shape)):
         table.add_column(column, justify="right")
     for split, count in report.samples.items():
         table.add_row(split, str(count), *(f"{length}, {dim}" for length, dim in report.shape.values()))
     out.print(table)
     for note in report.notes:
-        err.print(f"[dim]note:[/] {note}", highlight=False)
+        err.print(f"[dim]note:[/] {escape(note)}", highlight=False)
 
 
 def render_inspection(inspection: Inspection) -> None:
-    out.print(f"[bold]{inspection.path}[/] ({inspection.kind})", highlight=False)
+    out.print(f"[bold]{escape(str(inspection.path))}[/] ({inspection.kind})", highlight=False)  # a file's names and keys are its own text, not markup
     for key, value in inspection.summary.items():
         text = value if isinstance(value, str) else json.dumps(value)
-        out.print(f"  [dim]{key}:[/] {text[:200]}", highlight=False, soft_wrap=True)
+        out.print(f"  [dim]{escape(key)}:[/] {escape(text[:200])}", highlight=False, soft_wrap=True)
     table = Table()
     for column in ("key", "shape", "dtype", "NaN", "inf", "range", "len min/mean/max"):
         table.add_column(column, justify="left" if column in ("key", "dtype") else "right",
@@ -146,5 +147,5 @@ def render_inspection(inspection: Inspection) -> None:
 def _entry_cells(entry: Entry) -> tuple[str, ...]:
     value_range = f"{entry.value_range[0]:.4g} .. {entry.value_range[1]:.4g}" if entry.value_range else ""
     lengths = "/".join(f"{entry.lengths[k]:g}" for k in ("min", "mean", "max")) if entry.lengths else ""
-    return (entry.key, "×".join(map(str, entry.shape)) or "()", entry.dtype,
+    return (escape(entry.key), "×".join(map(str, entry.shape)) or "()", entry.dtype,
             "" if entry.nan is None else str(entry.nan), "" if entry.inf is None else str(entry.inf), value_range, lengths)

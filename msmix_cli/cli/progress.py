@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from msmix_cli.training.events import BatchDone, EpochDone, Event, RunStarted
@@ -30,7 +31,7 @@ class TrainingProgress:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
-            self.console.print(f"[dim]run[/] {event.run_dir}  [dim]data[/] {event.description}  "
+            self.console.print(f"[dim]run[/] {escape(str(event.run_dir))}  [dim]data[/] {escape(event.description)}  "
                                f"[dim]device[/] {event.device}  [dim]parameters[/] {event.parameters:,}", highlight=False)
             self.epochs = self.progress.add_task("epochs", total=event.max_epochs, loss="-", mae="-")
             self.batches = self.progress.add_task("epoch 1", total=event.batches_per_epoch, loss="-", mae="-")

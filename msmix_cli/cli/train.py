@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from msmix_cli.cli.app import app, err, out, reports_errors
@@ -119,7 +120,7 @@ def choose_run(recipe: Recipe, out_dir: Path, name: str | None) -> tuple[RunDir,
     if existing is not None and existing.resumable:
         if existing.recipe() != recipe:
             raise BadInput(f"{existing.path} holds an interrupted run with another recipe; resume it with --resume or pick another --name")
-        err.print(f"resuming the interrupted run in {existing.path}", highlight=False)
+        err.print(f"resuming the interrupted run in {escape(str(existing.path))}", highlight=False)
         return existing, True
     return RunDir.create(out_dir, name or default_run_name(recipe)), False
 
@@ -142,9 +143,9 @@ def run_training(recipe: Recipe, run: RunDir, root: Path, output: OutputFormat, 
         return
     with TrainingProgress(err, verbose=output is OutputFormat.table) as progress:
         result = fit(recipe, run, data_root=root, command=command, on_event=progress, resume=resume)
-    render_metrics(result, output, title=f"{run.path.name}: test metrics (best valid epoch {result['best_epoch']})")
+    render_metrics(result, output, title=f"{escape(run.path.name)}: test metrics (best valid epoch {result['best_epoch']})")
     if output is OutputFormat.table:
-        err.print(f"saved to {run.path}  (msmix evaluate {run.path})", highlight=False)
+        err.print(escape(f"saved to {run.path}  (msmix evaluate {run.path})"), highlight=False)
 
 
 @app.command()
@@ -169,14 +170,14 @@ def evaluate(
     perturbation = PerturbSpec.from_options(drop_modality, noise, noise_on, noise_seed)
     # A shell glob over an ablation folder also matches its CSV and PNG files; they are not runs.
     paths = [p for p in run_dirs if p.is_dir()] if len(run_dirs) > 1 else run_dirs
-    if len(paths) < len(run_dirs):
-        err.print(f"skipped {len(run_dirs) - len(paths)} path(s) that are not directories", highlight=False)
     if not paths:
         raise BadInput("none of the given paths is a run directory")
     runs = [RunDir.open(path) for path in paths]
     root = data_root or data_root_default()
     rows = [{"run": run.path.name, **evaluate_run(run, data_root=root, split=split, device=device, perturb=perturbation.build()),
              "perturbation": perturbation.describe()} for run in runs]  # build() per run: every run sees the same noise
+    if len(paths) < len(run_dirs):  # said once the runs are evaluated, so that an error stays the only line
+        err.print(f"skipped {len(run_dirs) - len(paths)} path(s) that are not directories", highlight=False)
     render_evaluations(rows, output, split)
 
 
@@ -184,14 +185,14 @@ def render_evaluations(rows: list[dict[str, Any]], output: OutputFormat, split: 
     """One run as `train` shows it; several as one table, JSON list or CSV with a row per run (CSV always so)."""
     condition = f", {rows[0]['perturbation']}" if rows[0]["perturbation"] else ""
     if len(rows) == 1 and output is not OutputFormat.csv:
-        render_metrics(rows[0], output, title=f"{rows[0]['run']}: {split} metrics{condition} (best valid epoch {rows[0]['best_epoch']})")
+        render_metrics(rows[0], output, title=f"{escape(rows[0]['run'])}: {split} metrics{condition} (best valid epoch {rows[0]['best_epoch']})")
     elif output is OutputFormat.json:
         print(to_json(rows))
     elif output is OutputFormat.csv:
         print(to_csv([{k: v for k, v in row.items() if k != "metrics"} | row["metrics"] for row in rows]), end="")
     else:
         names = list(dict.fromkeys(name for row in rows for name in row["metrics"]))
-        table_rows = [{"run": row["run"], **row["metrics"], "best epoch": str(row["best_epoch"])} for row in rows]
+        table_rows = [{"run": escape(row["run"]), **row["metrics"], "best epoch": str(row["best_epoch"])} for row in rows]
         out.print(comparison_table(table_rows, names, title=f"{split} metrics of {len(rows)} runs{condition}", label_columns=["run"]))
 
 

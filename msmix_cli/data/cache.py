@@ -18,6 +18,7 @@ than memory, each batch's rows are read from the file at their offsets (one read
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -198,6 +199,7 @@ class _FileRows:
             self.file.seek(self.offset + int(row) * self.row_bytes)
             if self.file.readinto(memoryview(out[slot]).cast("B")) != self.row_bytes:
                 raise BadInput(f"{self.path}: {self.name} row {row} is cut short; the file changed or is truncated")
+        _check_finite(self.path, self.name, out)
         return torch.from_numpy(out[order])
 
 
@@ -278,14 +280,15 @@ class CacheFile:
         self.shape = DataShape(dims={m: int(train[m].shape[2]) for m in MODALITIES},
                                seq_lens={m: int(train[m].shape[1]) for m in MODALITIES},
                                label_range=self.label_range, aligned=self.setting == "aligned")
-        self._indexes = {name: _read_index(path, handle[name]) for name in SPLITS}
+        self._indexes = {name: _read_index(path, handle[name], self.label_range) for name in SPLITS}
 
     def split(self, name: str) -> SplitData:
         """A split's data, loaded on first use and kept for the next call."""
         if name not in SPLITS:
             raise BadInput(f"{self.path} has no split {name!r}; choose one of: {', '.join(SPLITS)}")
         if name not in self._splits:
-            self._splits[name] = SplitData(self._indexes[name], self._load_rows(self._handle[name]))
+            with damage_as_bad_input(self.path):
+                self._splits[name] = SplitData(self._indexes[name], self._load_rows(self._handle[name]))
         return self._splits[name]
 
     def close(self) -> None:
@@ -302,7 +305,10 @@ class CacheFile:
     def _load_rows(self, group: h5py.Group) -> dict[str, _Rows]:
         names = [*MODALITIES, *(["text_ids"] if "text_ids" in group else [])]
         if self._in_memory:
-            return {k: _TensorRows(torch.from_numpy(_read(self.path, group[k]))) for k in names}
+            arrays = {k: _read(self.path, group[k]) for k in names}
+            for k in MODALITIES:
+                _check_finite(self.path, group[k].name, arrays[k])
+            return {k: _TensorRows(torch.from_numpy(x)) for k, x in arrays.items()}
         if self._rows_file is None:
             self._rows_file = open(self.path, "rb", buffering=0)  # one handle for every split's rows
         return {k: _FileRows(self._rows_file, self.path, group[k]) for k in names}
@@ -321,10 +327,11 @@ def open_cache(path: str | Path, *, in_memory: bool = True) -> CacheFile:
         handle = h5py.File(path, "r")
     except OSError as error:
         raise BadInput(f"{path}: not a readable HDF5 file, perhaps truncated or damaged "
-                       f"({_first_line(error)})") from None
+                       f"({first_line(error)})") from None
     try:
-        _check_layout(path, handle)
-        return CacheFile(path, handle, in_memory)
+        with damage_as_bad_input(path):
+            _check_layout(path, handle)
+            return CacheFile(path, handle, in_memory)
     except BaseException:
         handle.close()
         raise
@@ -349,7 +356,7 @@ def _check_layout(path: Path, handle: h5py.File) -> None:
         provenance = None
     if not isinstance(provenance, dict):
         raise fail("attribute 'provenance' is not a JSON object")
-    if not isinstance(attrs["label_range"], (float, np.floating)) or not attrs["label_range"] > 0:
+    if not isinstance(attrs["label_range"], (float, np.floating)) or not 0 < attrs["label_range"] < math.inf:
         raise fail(f"attribute 'label_range' must be a positive number; got {attrs['label_range']!r}")
     for name in SPLITS:
         if not isinstance(handle.get(name), h5py.Group):
@@ -405,8 +412,8 @@ def _vector(fail: Fail, group: h5py.Group, key: str, n: int, kinds: str) -> None
         raise fail(f"{group.name.lstrip('/')}/{key} must be a vector of {n} {what}; got {item.dtype} {item.shape}")
 
 
-def _read_index(path: Path, group: h5py.Group) -> _SplitIndex:
-    """The per-sample arrays, checked by value: lengths within the padded size, finite labels."""
+def _read_index(path: Path, group: h5py.Group, label_range: float) -> _SplitIndex:
+    """The per-sample arrays, checked by value: lengths within the padded size, labels within the label range."""
     name = group.name.lstrip("/")
     lengths = {m: _read(path, group[f"{m}_lengths"]).astype(np.int64) for m in MODALITIES}
     for m, values in lengths.items():
@@ -416,6 +423,8 @@ def _read_index(path: Path, group: h5py.Group) -> _SplitIndex:
     label = _read(path, group["label"]).astype(np.float32)
     if not np.isfinite(label).all():
         raise BadInput(f"{path}: {name}/label holds NaN or inf")
+    if np.abs(label).max() > label_range + LABEL_TOLERANCE:
+        raise BadInput(f"{path}: {name}/label holds values outside ±{label_range:g}")
     ids = [str(i) for i in _read(path, group["id"], as_text=True)]
     return _SplitIndex(lengths, label, ids)
 
@@ -425,12 +434,28 @@ def _read(path: Path, dataset: h5py.Dataset, *, as_text: bool = False) -> np.nda
     try:
         return np.asarray((dataset.asstr() if as_text else dataset)[()])
     except (OSError, ValueError) as error:
-        raise BadInput(f"{path}: cannot read {dataset.name} ({_first_line(error)})") from None
+        raise BadInput(f"{path}: cannot read {dataset.name} ({first_line(error)})") from None
+
+
+def _check_finite(path: Path, name: str, features: np.ndarray) -> None:
+    """Features were finite when written (`write_cache` checks): NaN or inf now means the file is damaged."""
+    if not _all_finite(features):
+        raise BadInput(f"{path}: {name.lstrip('/')} holds NaN or inf; the file is damaged, recreate it")
+
+
+@contextlib.contextmanager
+def damage_as_bad_input(path: Path) -> Iterator[None]:
+    """Reading a damaged HDF5 file, h5py raises whatever its C library reported: OSError, KeyError,
+    RuntimeError, or ValueError (also for a name or attribute that is not UTF-8). All one BadInput naming it."""
+    try:
+        yield
+    except (OSError, KeyError, RuntimeError, ValueError) as error:
+        raise BadInput(f"{path}: damaged HDF5 file ({first_line(error)})") from None
 
 
 def _text_attr(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     return str(error).splitlines()[0] if str(error) else type(error).__name__

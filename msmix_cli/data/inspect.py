@@ -7,6 +7,7 @@ feature array). Large arrays are read in slices, so inspecting a multi-GB file n
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, Iterable, Iterator
 import h5py
 import numpy as np
 
-from msmix_cli.data.cache import FORMAT as CACHE_FORMAT
+from msmix_cli.data.cache import FORMAT as CACHE_FORMAT, damage_as_bad_input, first_line
 from msmix_cli.data.mmsa import last_nonzero_step, load_pickle
 from msmix_cli.data.mmsdk import Csd
 from msmix_cli.errors import BadInput
@@ -55,11 +56,13 @@ def inspect_file(path: Path) -> Inspection:
     if signature != HDF5_SIGNATURE:
         return _inspect_pickle(path)
     try:
-        with h5py.File(path, "r") as handle:
-            is_cache = handle.attrs.get("format") == CACHE_FORMAT
+        hdf5 = h5py.File(path, "r")
     except OSError as error:
-        raise BadInput(f"{path}: not a readable HDF5 file, perhaps truncated ({error})") from None
-    return _inspect_cache(path) if is_cache else _inspect_csd(path)
+        raise BadInput(f"{path}: not a readable HDF5 file, perhaps truncated ({first_line(error)})") from None
+    with damage_as_bad_input(path), hdf5:
+        if _attribute(hdf5.attrs.get("format")) == CACHE_FORMAT:
+            return _inspect_cache(path, hdf5)
+    return _inspect_csd(path)
 
 
 class _Stats:
@@ -140,8 +143,7 @@ def _walk(value: Any, prefix: str) -> Iterable[Entry]:
 
 
 def _inspect_csd(path: Path) -> Inspection:
-    csd = Csd(path, "any")
-    try:
+    with contextlib.closing(Csd(path, "any")) as csd, damage_as_bad_input(path):
         summary = {"root": csd.root, "videos": len(csd.videos), **_metadata(csd)}
         feature_dtype = csd.data[csd.videos[0]]["features"].dtype
         features, intervals = _Stats(feature_dtype), _Stats(np.dtype(np.float64))
@@ -154,8 +156,6 @@ def _inspect_csd(path: Path) -> Inspection:
         total = int(rows.sum())
         entries = [features.entry("data/*/features", (total, csd.dim), feature_dtype, rows),
                    intervals.entry("data/*/intervals", (total, 2), np.dtype(np.float64))]
-    finally:
-        csd.close()
     return Inspection(path, "csd", summary, entries)
 
 
@@ -163,6 +163,8 @@ def _metadata(csd: Csd) -> dict[str, Any]:
     """The metadata strings (JSON-encoded in the SDK's files), decoded where they decode."""
     out = {}
     for key, dataset in csd.file[csd.root]["metadata"].items():
+        if not isinstance(dataset, h5py.Dataset):
+            continue
         raw = dataset[()]
         raw = raw[0] if isinstance(raw, np.ndarray) and raw.size else raw
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
@@ -173,23 +175,28 @@ def _metadata(csd: Csd) -> dict[str, Any]:
     return out
 
 
-def _inspect_cache(path: Path) -> Inspection:
-    with h5py.File(path, "r") as handle:
-        summary = {key: _attribute(value) for key, value in handle.attrs.items()}
-        entries = []
-        for split in handle:
-            group = handle[split]
-            if not isinstance(group, h5py.Group):
+def _inspect_cache(path: Path, handle: h5py.File) -> Inspection:
+    summary = {key: _attribute(value) for key, value in handle.attrs.items()}
+    entries = []
+    for split in handle:
+        group = handle[split]
+        if not isinstance(group, h5py.Group):
+            continue
+        for key, dataset in group.items():
+            if not isinstance(dataset, h5py.Dataset):
                 continue
-            for key, dataset in group.items():
-                if dataset.dtype.kind in "OSU":
-                    entries.append(Entry(f"{split}/{key}", dataset.shape, "string"))
-                else:
-                    entries.append(_array_entry(f"{split}/{key}", dataset))
+            if dataset.dtype.kind in "OSU":
+                entries.append(Entry(f"{split}/{key}", dataset.shape, "string"))
+            else:
+                entries.append(_array_entry(f"{split}/{key}", dataset))
     return Inspection(path, "msmix cache", summary, entries)
 
 
 def _attribute(value: Any) -> Any:
+    if isinstance(value, np.ndarray):  # an attribute may be an array (of numbers or of strings)
+        return [_attribute(item) for item in value.tolist()] if value.ndim else _attribute(value.item())
+    if isinstance(value, list):
+        return [_attribute(item) for item in value]
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     if isinstance(value, str):

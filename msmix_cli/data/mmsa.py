@@ -117,13 +117,22 @@ class _SplitReader:
             raise BadInput(f"{self.path}: split {name!r} is a {type(split).__name__}, expected a dict of arrays")
         labels = self._vector(name, split, "regression_labels", np.float32)
         n = labels.shape[0]
-        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in self._vector(name, split, "id", None, n)]
+        ids = self._ids(name, split, n)
         features = {m: self._features(name, split, m, n) for m in MODALITIES}
         text_ids = self._text_ids(name, split, n)
         lengths = self._lengths(name, split, features, text_ids)
         self._check_labels(name, "regression_labels", labels)
         return SplitArrays(features=features, lengths=lengths, label=labels, ids=ids,
                            extra_labels=self._unimodal(name, split, ids, n), text_ids=text_ids)
+
+    def _ids(self, split_name: str, split: dict, n: int) -> list[str]:
+        ids = []
+        for value in self._vector(split_name, split, "id", None, n):
+            try:
+                ids.append(value.decode("utf-8") if isinstance(value, bytes) else str(value))
+            except UnicodeDecodeError:
+                raise BadInput(f"{self._where(split_name, 'id')} holds {value!r}, which is not UTF-8 text") from None
+        return ids
 
     def _where(self, split: str, key: str) -> str:
         return f"{self.path}: {split}/{key}"
@@ -146,7 +155,10 @@ class _SplitReader:
             return array
         if array.dtype.kind not in "biuf":
             raise BadInput(f"{self._where(split_name, key)} holds {array.dtype}, expected numbers")
-        return array.astype(dtype)
+        if np.dtype(dtype).kind == "i" and array.dtype.kind in "fu" and not np.all(np.abs(array) < 2**62):
+            raise BadInput(f"{self._where(split_name, key)} holds NaN, inf or values beyond 2**62, expected counts")
+        with np.errstate(over="ignore"):  # a label beyond float32 becomes inf, which the label check refuses
+            return array.astype(dtype)
 
     def _features(self, split_name: str, split: dict, modality: str, n: int) -> np.ndarray:
         array = self._array(split_name, split, modality)
@@ -157,7 +169,8 @@ class _SplitReader:
         if array.dtype.kind not in "biuf":
             raise BadInput(f"{self._where(split_name, modality)} holds {array.dtype}, expected numbers")
         # the unpickled arrays are ours alone: a float32 one is cleaned in place, saving a copy of GBs for MOSEI
-        features = np.require(array, dtype=np.float32, requirements=["C", "W"])
+        with np.errstate(over="ignore"):  # values beyond float32 become inf, counted and zeroed below
+            features = np.require(array, dtype=np.float32, requirements=["C", "W"])
         for start in range(0, n, CHUNK):
             block = features[start:start + CHUNK]
             nonfinite = ~np.isfinite(block)
@@ -173,7 +186,7 @@ class _SplitReader:
         if array.shape != expected:
             raise BadInput(f"{self._where(split_name, 'text_bert')} has shape {array.shape}, expected {expected} "
                            "(input_ids, input_mask, segment_ids)")
-        if array.dtype.kind not in "biuf" or not np.all(np.isfinite(array)):
+        if array.dtype.kind not in "biuf" or not np.all(np.abs(array) < 2**62):
             raise BadInput(f"{self._where(split_name, 'text_bert')} must hold finite token numbers")
         return np.rint(array).astype(np.int64)
 
@@ -200,9 +213,12 @@ class _SplitReader:
 
     def _check_labels(self, split_name: str, key: str, labels: np.ndarray) -> None:
         bound = self.spec.label_range
-        if not np.all(np.isfinite(labels)) or np.any(np.abs(labels) > bound + 1e-6):
+        nonfinite = np.count_nonzero(~np.isfinite(labels))
+        if nonfinite:
+            raise BadInput(f"{self._where(split_name, key)} holds {nonfinite} NaN or inf value(s)")
+        if np.any(np.abs(labels) > bound + 1e-6):
             raise BadInput(f"{self._where(split_name, key)} has values outside [-{bound:g}, {bound:g}] "
-                           f"(min {np.nanmin(labels):g}, max {np.nanmax(labels):g})")
+                           f"(min {labels.min():g}, max {labels.max():g})")
 
     def _unimodal(self, split_name: str, split: dict, ids: list[str], n: int) -> dict[str, np.ndarray]:
         if not self.spec.unimodal_labels:

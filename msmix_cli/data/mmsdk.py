@@ -29,7 +29,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import h5py
 import numpy as np
 
-from msmix_cli.data.cache import SplitArrays
+from msmix_cli.data.cache import SplitArrays, damage_as_bad_input, first_line
 from msmix_cli.errors import BadInput
 from msmix_cli.types import MODALITIES
 
@@ -55,13 +55,14 @@ class Csd:
         try:
             self.file = h5py.File(self.path, "r")
         except OSError as error:
-            raise BadInput(f"{self.path}: not a readable HDF5 file, perhaps truncated ({error})") from None
+            raise BadInput(f"{self.path}: not a readable HDF5 file, perhaps truncated ({first_line(error)})") from None
         try:
-            self.root = self._root()
-            self.data = self._group("data")
-            self._group("metadata")
-            self.videos = list(self.data)
-            self.dim = self._check_videos(dim)
+            with damage_as_bad_input(self.path):
+                self.root = self._root()
+                self.data = self._group("data")
+                self._group("metadata")
+                self.videos = list(self.data)
+                self.dim = self._check_videos(dim)
         except BaseException:
             self.file.close()
             raise
@@ -87,13 +88,17 @@ class Csd:
             raise BadInput(f"{self.path}: {self.root}/data holds no video")
         dims = set()
         for video in self.videos:
-            group = self.data[video]
-            features, intervals = group.get("features"), group.get("intervals")
+            group = self.data.get(video)
+            features = group.get("features") if isinstance(group, h5py.Group) else None
+            intervals = group.get("intervals") if isinstance(group, h5py.Group) else None
             if not isinstance(features, h5py.Dataset) or not isinstance(intervals, h5py.Dataset):
                 raise BadInput(f"{self.path}: {self.root}/data/{video} needs datasets 'features' and 'intervals'")
             if features.ndim != 2 or intervals.shape != (features.shape[0], 2):
                 raise BadInput(f"{self.path}: {self.root}/data/{video} has features {features.shape} and intervals "
                                f"{intervals.shape}; expected (n, D) and (n, 2)")
+            if features.dtype.kind not in "biuf" or intervals.dtype.kind not in "iuf":
+                raise BadInput(f"{self.path}: {self.root}/data/{video} holds features of {features.dtype} and intervals "
+                               f"of {intervals.dtype}; expected numbers")
             dims.add(features.shape[1])
         if len(dims) > 1:
             raise BadInput(f"{self.path}: feature widths differ between videos: {sorted(dims)}")
@@ -111,8 +116,11 @@ class Csd:
         try:
             intervals = np.asarray(group["intervals"][()], dtype=np.float64)
             features = np.asarray(group["features"][()], dtype=np.float32)
-        except (OSError, ValueError) as error:  # a truncated or corrupt chunk surfaces only when read
-            raise BadInput(f"{self.path}: cannot read {self.root}/data/{video} ({error})") from None
+        except (OSError, KeyError, RuntimeError, ValueError) as error:  # a damaged chunk surfaces only when read
+            raise BadInput(f"{self.path}: cannot read {self.root}/data/{video} ({first_line(error)})") from None
+        except MemoryError:  # the sizes are the file's word: a damaged or hostile one may claim terabytes
+            raise BadInput(f"{self.path}: {self.root}/data/{video} claims {group['features'].shape} features, more "
+                           "than fits in memory") from None
         if self.columns is not None:
             features = features[:, self.columns]
         return intervals, features
@@ -129,7 +137,8 @@ def standard_folds(dataset: str) -> dict[str, list[str]]:
 
 def clean_track(intervals: np.ndarray, features: np.ndarray) -> tuple[Track, int]:
     """Sort by start, drop rows that can overlap nothing, zero NaN/inf; return the track and the zeroed count."""
-    keep = np.all(np.isfinite(intervals), axis=1) & (intervals[:, 1] - intervals[:, 0] > EPSILON)
+    with np.errstate(over="ignore", invalid="ignore"):  # the length of (-1e308, 1e308) is inf, still a length
+        keep = np.all(np.isfinite(intervals), axis=1) & (intervals[:, 1] - intervals[:, 0] > EPSILON)
     if not keep.all():
         intervals, features = intervals[keep], features[keep]
     if not _sorted(intervals):  # released files are in time order: skip the copy then

@@ -8,8 +8,8 @@ implementations do with bert-base-uncased. Nothing is ever downloaded: the direc
 from __future__ import annotations
 
 import inspect
+import os
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 
 from torch import Tensor, nn
@@ -45,7 +45,7 @@ class PretrainedTextEncoder(nn.Module):
     def __init__(self, path: str, finetune: bool = True) -> None:
         super().__init__()
         transformers = import_transformers()
-        if not Path(path).is_dir():
+        if not os.path.isdir(path):  # unlike Path.is_dir, False for a name too long or holding a NUL
             raise BadInput(f"text_encoder {path!r} is not a directory holding a pretrained model (config.json and weights)")
         try:
             self.model = transformers.AutoModel.from_pretrained(path, local_files_only=True)

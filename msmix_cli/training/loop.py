@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from msmix_cli.data.cache import CacheFile, SplitData
 from msmix_cli.data.loading import load_dataset
 from msmix_cli.data.specs import DATASETS
-from msmix_cli.errors import Interrupted, RunFailed
+from msmix_cli.errors import BadInput, Interrupted, MsmixError, RunFailed
 from msmix_cli.metrics import regression_metrics
 from msmix_cli.mixing import MIXERS, Mix, Mixer, build_mixer, mix_loss
 from msmix_cli.models import Backbone, build_backbone, count_parameters, task_loss
@@ -76,9 +76,16 @@ def published_shape(recipe: Recipe) -> DataShape:
 
 def build_networks(recipe: Recipe, shape: DataShape) -> tuple[Backbone, Mixer]:
     """The recipe's backbone and mixer for data of `shape`, on the CPU."""
-    model = build_backbone(recipe.backbone, recipe.backbone_config(), shape)
-    mixer_dims = model.latent_dims if MIXERS.get(recipe.mix.name).point == "latent" else shape.dims
-    return model, build_mixer(recipe.mix, mixer_dims, shape.label_range)
+    config = recipe.backbone_config()
+    try:
+        model = build_backbone(recipe.backbone, config, shape)
+        mixer_dims = model.latent_dims if MIXERS.get(recipe.mix.name).point == "latent" else shape.dims
+        return model, build_mixer(recipe.mix, mixer_dims, shape.label_range)
+    except (ValueError, AssertionError, RuntimeError, TypeError, OverflowError) as error:
+        # torch's layers check their own sizes (a width of 0, heads that do not divide the width, a tensor
+        # too large to allocate): those come from the recipe's numbers, so they are the recipe's error
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise BadInput(f"cannot build {recipe.backbone} with the recipe's model and mix settings: {reason}") from None
 
 
 def step_loss(model: Backbone, mixer: Mixer, batch: Batch, rng: np.random.Generator, w_mix: float) -> tuple[Tensor, dict[str, Tensor]]:
@@ -180,6 +187,8 @@ def fit(recipe: Recipe, run: RunDir, *, data_root: Path, command: str = "msmix t
     model, mixer, device, t = setup.model, setup.mixer, setup.device, recipe.train
     training_step = distributed.replicate(TrainingStep(model, mixer), device, unused_parameters=count_parameters(mixer) > 0)
     train_split = setup.data.split("train")
+    if len(train_split) < 2:  # a batch of one cannot train (BatchNorm), nor mix
+        raise BadInput(f"{setup.data.path}: the training split holds a single sample; training needs at least 2")
     trained = distributed.trained_per_epoch(distributed.shard_size(len(train_split)), t.batch_size)
     batches_per_epoch = math.ceil(trained / t.batch_size)
     optimizer = make_optimizer(setup)
@@ -190,8 +199,9 @@ def fit(recipe: Recipe, run: RunDir, *, data_root: Path, command: str = "msmix t
     state = {"epoch": 0, "best_loss": math.inf, "best_epoch": 0, "history": []}
     if resume and run.last_file.is_file():
         state = restore(load_checkpoint(run.last_file, device), model, mixer, optimizer, scheduler, scaler, rng)
+    description = describe(setup)  # loads every split: a damaged one is refused before the run directory is written
     run.start(recipe, command, device, resumed_from=state["epoch"] if resume else None)
-    on_event(RunStarted(run.path, t.max_epochs, batches_per_epoch, count_parameters(model), str(device), describe(setup)))
+    on_event(RunStarted(run.path, t.max_epochs, batches_per_epoch, count_parameters(model), str(device), description))
 
     history: list[dict[str, Any]] = state["history"]
     best_loss, best_epoch = state["best_loss"], state["best_epoch"]
@@ -247,20 +257,27 @@ def fit(recipe: Recipe, run: RunDir, *, data_root: Path, command: str = "msmix t
                                "epoch": epoch, "best_loss": best_loss, "best_epoch": best_epoch, "history": history,
                                "rng": capture_rng(rng)})
                 on_event(EpochDone(epoch, running / max(seen, 1), valid_loss, valid_metrics["MAE"], improved, best_epoch))
+
+        distributed.barrier()  # rank 0 has written the best checkpoint
+        model.load_state_dict(run.load_best(device)["model"])
+        metrics, _ = evaluate(setup, "test")
+        result = {"split": "test", "best_epoch": best_epoch, "epochs_run": len(history), "metrics": metrics}
+        run.write_metrics(json_safe(result))
     except Interrupted:
-        run.update_info(status=INTERRUPTED, wall_time_s=round(time.perf_counter() - started, 3))
+        mark_stopped(run, INTERRUPTED, started)
         raise
     except BaseException:
-        run.update_info(status=FAILED, wall_time_s=round(time.perf_counter() - started, 3))
+        mark_stopped(run, FAILED, started)
         raise
-
-    distributed.barrier()  # rank 0 has written the best checkpoint
-    model.load_state_dict(run.load_best(device)["model"])
-    metrics, _ = evaluate(setup, "test")
-    result = {"split": "test", "best_epoch": best_epoch, "epochs_run": len(history), "metrics": metrics}
-    run.write_metrics(json_safe(result))
     run.update_info(status=COMPLETE, best_epoch=best_epoch, wall_time_s=round(time.perf_counter() - started, 3))
     return result
+
+
+def mark_stopped(run: RunDir, status: str, started: float) -> None:
+    """Record why a run stopped, if the disk still lets us: on a full disk the error that stopped the run is
+    the one to report, not the status file that could not be written after it."""
+    with contextlib.suppress(MsmixError):
+        run.update_info(status=status, wall_time_s=round(time.perf_counter() - started, 3))
 
 
 def restore(checkpoint: dict[str, Any], model: Backbone, mixer: Mixer, optimizer: torch.optim.Optimizer, scheduler: Any,

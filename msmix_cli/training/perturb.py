@@ -7,6 +7,7 @@ and keep padded steps at exactly zero, so a backbone's masking sees the same seq
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
@@ -90,8 +91,10 @@ class PerturbSpec:
     @classmethod
     def from_options(cls, drop: str | None, sigma: float | None, noise_on: str | None, seed: int) -> PerturbSpec:
         """From the CLI's comma lists ("audio,vision"); every name and value checked here."""
-        if sigma is not None and not sigma >= 0:
-            raise BadInput(f"--noise must be a standard deviation >= 0, got {sigma}")
+        if sigma is not None and not 0 <= sigma < math.inf:
+            raise BadInput(f"--noise must be a finite standard deviation >= 0, got {sigma}")
+        if seed < 0:  # the noise generators are seeded through numpy's SeedSequence, which takes none
+            raise BadInput(f"--noise-seed must be >= 0, got {seed}")
         noisy = check_modalities(noise_on.split(",")) if noise_on else MODALITIES
         return cls(check_modalities((drop or "").split(",")), sigma or 0.0, noisy, seed)
 
