@@ -169,3 +169,25 @@ def test_inspecting_something_else_is_exit_2(tmp_path: Path) -> None:
     result = invoke("preprocess", "--inspect", str(path))
     assert result.exit_code == 2
     assert "notes.txt" in one_line_error(result)
+
+
+def test_names_inside_data_files_never_become_paths(tmp_path: Path) -> None:
+    """Ids and metadata are the file's text: an id like "../../x" is a key in the cache, not a place to write."""
+    root = tmp_path / "data"
+    content = {split: mmsa_split(n, MOSI.seq_lens["aligned"], MOSI.dims, aligned=True, seed=i,
+                                 prefix=f"../../../escape-{split}/") for i, (split, n) in enumerate(SIZES.items())}
+    write_pickle(root / "raw" / "mosi" / "aligned_50.pkl", content)
+    before = {p for p in tmp_path.rglob("*")}
+    result = invoke("preprocess", "--dataset", "mosi", "--data-root", str(root))
+    assert result.exit_code == 0, result.output
+    assert {p for p in tmp_path.rglob("*")} - before == {root / "cache", root / "cache" / "mosi-aligned.h5"}
+    assert open_cache(root / "cache" / "mosi-aligned.h5").split("train").ids[0].startswith("../../../escape-")
+
+
+def test_every_published_file_name_is_a_plain_file_name() -> None:
+    """Download targets are the registry's names joined to the dataset's folder: none may hold a folder part."""
+    for name in DATASETS.names():
+        spec = DATASETS.get(name)
+        for source in spec.sources:
+            for remote in spec.source_files(source):
+                assert Path(remote.name).name == remote.name and remote.name not in ("", ".", ".."), remote.name
