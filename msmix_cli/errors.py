@@ -1,6 +1,12 @@
 """The errors msmix reports to a user. The CLI maps each to a one-line message and an exit code."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of a library's error text (h5py's and torch's span several), or its type's name."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class MsmixError(Exception):
     """A failure the user can act on; `exit_code` is what the CLI exits with."""
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from msmix_cli.errors import BadInput, MsmixError, RunFailed
+from msmix_cli.errors import BadInput, MsmixError, RunFailed, first_line
 
 # What the system says when the machine fails (its disk is full or failing), not the path it was given.
 MACHINE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
@@ -68,10 +68,7 @@ def os_failure(message: str, error: OSError) -> MsmixError:
 
 def describe_os_error(error: OSError) -> str:
     """The system's words for the errno, e.g. "No space left on device" (h5py's own strerror spans several lines)."""
-    if error.errno:
-        return os.strerror(error.errno)
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return os.strerror(error.errno) if error.errno else first_line(error)
 
 
 def _fsync_dir(folder: Path) -> None:

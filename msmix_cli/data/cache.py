@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 import torch
 
-from msmix_cli.errors import BadInput
+from msmix_cli.errors import BadInput, first_line
 from msmix_cli.io import atomic_path
 from msmix_cli.types import MODALITIES, Batch, DataShape, Multimodal
 
@@ -455,7 +455,3 @@ def damage_as_bad_input(path: Path) -> Iterator[None]:
 
 def _text_attr(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def first_line(error: BaseException) -> str:
-    return str(error).splitlines()[0] if str(error) else type(error).__name__

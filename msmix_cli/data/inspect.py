@@ -16,10 +16,10 @@ from typing import Any, Iterable, Iterator
 import h5py
 import numpy as np
 
-from msmix_cli.data.cache import FORMAT as CACHE_FORMAT, damage_as_bad_input, first_line
+from msmix_cli.data.cache import FORMAT as CACHE_FORMAT, damage_as_bad_input
 from msmix_cli.data.mmsa import last_nonzero_step, load_pickle
 from msmix_cli.data.mmsdk import Csd
-from msmix_cli.errors import BadInput
+from msmix_cli.errors import BadInput, first_line
 from msmix_cli.types import MODALITIES
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"

@@ -29,8 +29,8 @@ from typing import Callable, Iterator, Mapping, Sequence
 import h5py
 import numpy as np
 
-from msmix_cli.data.cache import SplitArrays, damage_as_bad_input, first_line
-from msmix_cli.errors import BadInput
+from msmix_cli.data.cache import SplitArrays, damage_as_bad_input
+from msmix_cli.errors import BadInput, first_line
 from msmix_cli.types import MODALITIES
 
 EPSILON = 1e-5  # seconds; an overlap this short or shorter does not count (the SDK's tolerance, FORMATS.md)

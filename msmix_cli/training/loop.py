@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from msmix_cli.data.cache import CacheFile, SplitData
 from msmix_cli.data.loading import load_dataset
 from msmix_cli.data.specs import DATASETS
-from msmix_cli.errors import BadInput, Interrupted, MsmixError, RunFailed
+from msmix_cli.errors import BadInput, Interrupted, MsmixError, RunFailed, first_line
 from msmix_cli.metrics import regression_metrics
 from msmix_cli.mixing import MIXERS, Mix, Mixer, build_mixer, mix_loss
 from msmix_cli.models import Backbone, build_backbone, count_parameters, task_loss
@@ -84,8 +84,7 @@ def build_networks(recipe: Recipe, shape: DataShape) -> tuple[Backbone, Mixer]:
     except (ValueError, AssertionError, RuntimeError, TypeError, OverflowError) as error:
         # torch's layers check their own sizes (a width of 0, heads that do not divide the width, a tensor
         # too large to allocate): those come from the recipe's numbers, so they are the recipe's error
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise BadInput(f"cannot build {recipe.backbone} with the recipe's model and mix settings: {reason}") from None
+        raise BadInput(f"cannot build {recipe.backbone} with the recipe's model and mix settings: {first_line(error)}") from None
 
 
 def step_loss(model: Backbone, mixer: Mixer, batch: Batch, rng: np.random.Generator, w_mix: float) -> tuple[Tensor, dict[str, Tensor]]:

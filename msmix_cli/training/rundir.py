@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from msmix_cli import __version__
-from msmix_cli.errors import BadInput
+from msmix_cli.errors import BadInput, first_line
 from msmix_cli.io import atomic_torch_save, atomic_write_text
 from msmix_cli.recipes import Recipe, build_recipe, dump_recipe, read_yaml
 
@@ -119,7 +119,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
     except FileNotFoundError:
         raise BadInput(f"checkpoint not found: {path}") from None
     except Exception as error:  # torch raises many kinds for a corrupt or hostile file
-        raise BadInput(f"cannot load checkpoint {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        raise BadInput(f"cannot load checkpoint {path}: {first_line(error)}") from None
 
 
 def versions() -> dict[str, str]:
