@@ -44,7 +44,7 @@ MIX_PARTS = ("sass", "sig", "sal")
 REFERENCE = "msmix"  # the full model every variant is compared with
 STD_DDOF = 1  # sample standard deviation across seeds
 SAME_SPREAD = 1e-9  # a spread this small relative to the differences is float rounding: 0.9-0.8 vs 0.8-0.7
-TEST_NAME = "paired t-test (two-sided) against msmix across seeds"
+SIGNIFICANCE_TEST = "paired t-test (two-sided) against {} across seeds"
 # Keys each variant sets itself; a --set on them would make "the full model" something else.
 VARIANT_KEYS = ("mix.name", "mix.sass", "mix.sig", "mix.sal", "train.seed")
 
@@ -139,6 +139,7 @@ class AblationSpec:
     assignments: tuple[str, ...] = ()  # --set a.b=v
     jobs: int = 1
     share_gpu: bool = False  # let --jobs N processes share one GPU
+    reference: str = REFERENCE  # the variant every other one is compared with
 
 
 @dataclass(frozen=True)
@@ -393,27 +394,31 @@ def as_float(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def summarize(rows: Sequence[dict[str, Any]], reference_variant: str = REFERENCE) -> list[dict[str, Any]]:
     """summary.csv/json: one row per dataset × backbone × variant × metric (a tidy, long table)."""
     groups: dict[tuple[str, str, str], dict[int, dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["dataset"], row["backbone"], row["variant"]), {})[row["seed"]] = row
     summary = []
     for (dataset, backbone, variant), by_seed in groups.items():
-        reference = groups.get((dataset, backbone, REFERENCE), {})
+        reference = groups.get((dataset, backbone, reference_variant), {})
         for metric in METRIC_NAMES[metric_set(dataset)]:
             values = [by_seed[s][metric] for s in by_seed]
             mean, std, n = mean_std(values)
             row = {"dataset": dataset, "backbone": backbone, "variant": variant, "metric": metric,
                    "higher_is_better": HIGHER_IS_BETTER[metric], "n": n, "mean": mean, "std": std, "std_ddof": STD_DDOF,
                    "delta": math.nan, "n_pairs": 0, "t": math.nan, "p": math.nan, "test": ""}
-            if variant != REFERENCE and reference:
+            if variant != reference_variant and reference:
                 seeds = [s for s in by_seed if s in reference]
                 row["delta"] = mean - mean_std([reference[s][metric] for s in reference])[0]
                 t, p, pairs = paired_t_test([by_seed[s][metric] for s in seeds], [reference[s][metric] for s in seeds])
-                row.update(n_pairs=pairs, t=t, p=p, test=TEST_NAME)
+                row.update(n_pairs=pairs, t=t, p=p, test=significance_test(reference_variant))
             summary.append(row)
     return summary
+
+
+def significance_test(reference: str) -> str:
+    return SIGNIFICANCE_TEST.format(reference)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
@@ -527,17 +532,17 @@ def run_ablation(spec: AblationSpec, *, command: str = "msmix ablate", on_event:
     spec.out.mkdir(parents=True, exist_ok=True)
     outcomes = execute(runs, spec, command=command, on_event=on_event)
     rows = run_rows(runs, outcomes)
-    summary = summarize(rows)
-    files, plot_note = write_outputs(spec.out, rows, summary, spec.seeds)
+    summary = summarize(rows, spec.reference)
+    files, plot_note = write_outputs(spec.out, rows, summary, spec.seeds, spec.reference)
     return AblationResult(rows, summary, outcomes, files, plot_note, round(time.perf_counter() - started, 3))
 
 
 def write_outputs(out: Path, rows: list[dict[str, Any]], summary: list[dict[str, Any]],
-                  seeds: Sequence[int]) -> tuple[list[Path], str | None]:
+                  seeds: Sequence[int], reference: str = REFERENCE) -> tuple[list[Path], str | None]:
     files = [out / "ablation.csv", out / "summary.csv", out / "summary.json"]
     atomic_write_text(files[0], to_csv(rows))
     atomic_write_text(files[1], to_csv(summary))
-    document = {"reference": REFERENCE, "std_ddof": STD_DDOF, "test": TEST_NAME, "seeds": list(seeds),
+    document = {"reference": reference, "std_ddof": STD_DDOF, "test": significance_test(reference), "seeds": list(seeds),
                 "key_metric": {row["dataset"]: KEY_METRIC[metric_set(row["dataset"])] for row in summary},
                 "rows": summary}
     atomic_write_text(files[2], to_json(document) + "\n")

@@ -21,6 +21,7 @@ import yaml
 from msmix_cli.data.specs import DATASETS
 from msmix_cli.errors import BadInput
 from msmix_cli.mixing import MIXERS, MixConfig
+from msmix_cli.mixing.presets import apply_preset
 from msmix_cli.models import BACKBONES
 
 SECTIONS = ("data", "model", "mix", "train")
@@ -49,6 +50,7 @@ class TrainConfig:
     batch_size: int = 32
     max_epochs: int = 40
     early_stop: int = 8  # stop this many epochs after the last improvement of the validation loss
+    min_epochs: int = 0  # never stop early before this epoch (a run may start on a constant-prediction plateau)
     grad_clip: float | None = None  # max gradient norm
     accumulation: int = 1  # optimiser step every this many batches (MulT reference: 8)
     seed: int = 1111
@@ -57,6 +59,7 @@ class TrainConfig:
     nonfinite: Literal["stop", "skip"] = "stop"  # what a non-finite loss does: stop the run, or skip the batch
     threads: int | None = None  # CPU intra-op threads; None: the cores this process may use, shared among local ranks
     compile: bool = False  # torch.compile the backbone's encode and head (first steps slower while it compiles)
+    log_grad_norms: bool = False  # history.csv gets each loss term's gradient norm at encoder, head, predictors (costs backward passes)
 
 
 @dataclass
@@ -174,7 +177,7 @@ def build_recipe(raw: dict[str, Any]) -> Recipe:
     recipe = Recipe(
         data=build_dataclass(DataConfig, raw.get("data") or {}, "data"),
         model=model,
-        mix=build_dataclass(MixConfig, raw.get("mix") or {}, "mix"),
+        mix=build_dataclass(MixConfig, apply_preset(dict(raw.get("mix") or {})), "mix"),
         train=build_dataclass(TrainConfig, raw.get("train") or {}, "train"),
     )
     MIXERS.get(recipe.mix.name)
@@ -195,6 +198,9 @@ def check_ranges(recipe: Recipe) -> None:
         (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),
         (t.max_epochs >= 1, f"train.max_epochs must be >= 1, got {t.max_epochs}"),
         (t.early_stop >= 1, f"train.early_stop must be >= 1, got {t.early_stop}"),
+        (t.min_epochs >= 0, f"train.min_epochs must be >= 0, got {t.min_epochs}"),
+        (m.warmup_epochs >= 0, f"mix.warmup_epochs must be >= 0, got {m.warmup_epochs}"),
+        (m.label_bandwidth is None or m.label_bandwidth > 0, f"mix.label_bandwidth must be > 0, got {m.label_bandwidth}"),
         (t.accumulation >= 1, f"train.accumulation must be >= 1, got {t.accumulation}"),
         (t.grad_clip is None or t.grad_clip > 0, f"train.grad_clip must be > 0, got {t.grad_clip}"),
         (0 <= t.warmup < 1, f"train.warmup must be in [0, 1), got {t.warmup}"),

@@ -77,7 +77,7 @@ def test_sass_never_selects_below_threshold_with_enough_candidates() -> None:
     above = {(i, j) for i in range(5) for j in range(5) if i != j and scores[i, j] > 0.4}  # 8 ordered pairs
     seen: set[tuple[int, int]] = set()
     for seed in range(40):
-        pairs = select_pairs(hand_similarity(scores), 5, 0.4, np.random.default_rng(seed))
+        pairs = select_pairs(hand_similarity(scores), 5, 0.4, np.random.default_rng(seed)).pairs
         assert pairs.shape == (5, 2) and pairs.dtype == torch.long
         assert pair_set(pairs) <= above and len(pair_set(pairs)) == 5  # without replacement
         seen |= pair_set(pairs)
@@ -95,17 +95,17 @@ def test_sass_falls_back_to_the_most_similar_upper_triangle_pairs() -> None:
     top_six = {(2, 3), (0, 1), (0, 2), (1, 3), (1, 2), (2, 4)}  # only (2, 3)/(3, 2) pass delta = 0.6: 2 < 3
     seen: set[tuple[int, int]] = set()
     for seed in range(60):
-        pairs = select_pairs(hand_similarity(scores), 3, 0.6, np.random.default_rng(seed))
+        pairs = select_pairs(hand_similarity(scores), 3, 0.6, np.random.default_rng(seed)).pairs
         assert len(pair_set(pairs)) == 3 and pair_set(pairs) <= top_six
         seen |= pair_set(pairs)
     assert seen == top_six
-    candidates_suffice = select_pairs(hand_similarity(scores), 2, 0.6, np.random.default_rng(0))
+    candidates_suffice = select_pairs(hand_similarity(scores), 2, 0.6, np.random.default_rng(0)).pairs
     assert pair_set(candidates_suffice) == {(2, 3), (3, 2)}
 
 
 def test_sass_draws_with_replacement_when_the_batch_is_too_small() -> None:
     sim = hand_similarity(np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.5], [0.0, 0.5, 0.0]]))
-    pairs = select_pairs(sim, 5, 0.99, np.random.default_rng(0))  # 2 candidates, pool of all 3 pairs < 5
+    pairs = select_pairs(sim, 5, 0.99, np.random.default_rng(0)).pairs  # 2 candidates, pool of all 3 pairs < 5
     assert pairs.shape == (5, 2)
     assert pair_set(pairs) <= {(0, 1), (0, 2), (1, 2)}
 
@@ -116,9 +116,9 @@ def test_sass_same_polarity() -> None:
     sign = torch.sign(label)
     crossing = []
     for seed in range(20):
-        chosen = select_pairs(hand_similarity(scores), 6, 0.4, np.random.default_rng(seed), label, same_polarity=True)
+        chosen = select_pairs(hand_similarity(scores), 6, 0.4, np.random.default_rng(seed), label, same_polarity=True).pairs
         assert all(sign[i] == sign[j] for i, j in chosen.tolist())
-        free = select_pairs(hand_similarity(scores), 6, 0.4, np.random.default_rng(seed), label)
+        free = select_pairs(hand_similarity(scores), 6, 0.4, np.random.default_rng(seed), label).pairs
         crossing += [sign[i] != sign[j] for i, j in free.tolist()]
     assert any(crossing)
 
@@ -126,7 +126,7 @@ def test_sass_same_polarity() -> None:
 def test_sass_same_polarity_holds_in_the_fallback() -> None:
     scores = np.array([[0.0, 1.0, 0.0, 0.2], [1.0, 0.0, 0.1, 0.0], [0.0, 0.1, 0.0, 0.3], [0.2, 0.0, 0.3, 0.0]])
     label = torch.tensor([1.0, -1.0, 2.0, -2.0])  # same sign: (0, 2) and (1, 3) only, both below delta
-    pairs = select_pairs(hand_similarity(scores), 3, 0.5, np.random.default_rng(0), label, same_polarity=True)
+    pairs = select_pairs(hand_similarity(scores), 3, 0.5, np.random.default_rng(0), label, same_polarity=True).pairs
     assert pair_set(pairs) <= {(0, 2), (1, 3)}
 
 
@@ -135,7 +135,7 @@ def test_sass_same_polarity_holds_in_the_fallback() -> None:
 def test_sass_pairs_are_valid_for_any_similarity(batch: int, num_mix: int, delta: float, seed: int) -> None:
     raw = torch.rand(batch, batch, generator=torch.Generator().manual_seed(seed))
     sim = (raw + raw.T) / 2
-    pairs = select_pairs(sim, num_mix, delta, np.random.default_rng(seed))
+    pairs = select_pairs(sim, num_mix, delta, np.random.default_rng(seed)).pairs
     scaled = normalise_similarity(sim)
     assert pairs.shape == (num_mix, 2)
     assert bool((pairs[:, 0] != pairs[:, 1]).all())
@@ -150,7 +150,7 @@ def test_random_pairs_are_distinct_and_cover_the_batch() -> None:
 
 
 def test_batch_of_one_has_no_pairs() -> None:
-    assert select_pairs(torch.ones(1, 1), 4, 0.4, np.random.default_rng(0)).shape == (0, 2)
+    assert select_pairs(torch.ones(1, 1), 4, 0.4, np.random.default_rng(0)).pairs.shape == (0, 2)
     assert random_pairs(1, 4, np.random.default_rng(0)).shape == (0, 2)
 
 

@@ -45,11 +45,12 @@ def drop_overrides(drop: str | None, no_sass: bool, no_sig: bool, no_sal: bool) 
 
 
 def training_overrides(mix: str | None, seed: int | None, device: str | None, max_epochs: int | None,
-                       samples: int | None, drops: dict[str, bool]) -> dict[str, dict[str, Any]]:
+                       samples: int | None, drops: dict[str, bool], log_grad_norms: bool = False) -> dict[str, dict[str, Any]]:
     """The named CLI flags as recipe sections; only the flags the user gave."""
     sections: dict[str, dict[str, Any]] = {"data": {}, "mix": dict(drops), "train": {}}
     for section, key, value in (("mix", "name", mix), ("train", "seed", seed), ("train", "device", device),
-                                ("train", "max_epochs", max_epochs), ("data", "samples", samples)):
+                                ("train", "max_epochs", max_epochs), ("data", "samples", samples),
+                                ("train", "log_grad_norms", log_grad_norms or None)):
         if value is not None:
             sections[section][key] = value
     return {k: v for k, v in sections.items() if v}
@@ -77,6 +78,8 @@ def train(
     no_sass: bool = typer.Option(False, "--no-sass", help="Pairs drawn at random instead of by similarity."),
     no_sig: bool = typer.Option(False, "--no-sig", help="One Beta ratio for every modality."),
     no_sal: bool = typer.Option(False, "--no-sal", help="No sentiment alignment loss."),
+    log_grad_norms: bool = typer.Option(False, "--log-grad-norms", help="history.csv gets each loss term's gradient "
+                                        "norm at the encoder, the head and the predictors (slower: extra backward passes)."),
     out_dir: Path = typer.Option(Path("runs"), "--out", help="Folder that receives the run directory."),
     name: Optional[str] = typer.Option(None, help="Run directory name (default: dataset-backbone-mix-seed-time)."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data folder (default $MSMIX_DATA_ROOT or ./data)."),
@@ -96,7 +99,8 @@ def train(
     if resume is not None:
         given = [flag for flag, value in (("--recipe", recipe), ("--set", set_), ("--dataset", dataset), ("--backbone", backbone),
                                           ("--mix", mix), ("--seed", seed), ("--device", device), ("--max-epochs", max_epochs),
-                                          ("--samples", samples), ("--drop", drop or no_sass or no_sig or no_sal), ("--name", name)) if value]
+                                          ("--samples", samples), ("--drop", drop or no_sass or no_sig or no_sal), ("--name", name),
+                                          ("--log-grad-norms", log_grad_norms)) if value]
         if given:
             raise BadInput(f"--resume continues a run with its saved recipe; drop {given[0]}")
         run = resumable_run(resume)
@@ -104,7 +108,7 @@ def train(
         return
     drops = drop_overrides(drop, no_sass, no_sig, no_sal)
     resolved = resolve_recipe(recipe, dataset=dataset, backbone=backbone, assignments=set_,
-                              overrides=training_overrides(mix, seed, device, max_epochs, samples, drops))
+                              overrides=training_overrides(mix, seed, device, max_epochs, samples, drops, log_grad_norms))
     if dry_run:
         model, mixer = build_networks(resolved, published_shape(resolved))  # no data needed, so none is read
         out.print(f"{resolved.backbone} on {resolved.data.dataset}: {count_parameters(model):,} trainable parameters "

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 from msmix_cli.mixing.base import MIXERS, Mix, MixConfig, Mixer, beta_draws, mix_pairs
-from msmix_cli.mixing.sal import sentiment_alignment_loss
-from msmix_cli.mixing.sass import random_pairs, select_pairs, similarity_matrix
+from msmix_cli.mixing.sal import intensity_regression_loss, sentiment_alignment_loss
+from msmix_cli.mixing.sass import Selection, random_pairs, select_pairs, similarity_matrix
 from msmix_cli.mixing.sig import IntensityPredictor, label_ratio, modality_ratios
 from msmix_cli.types import Multimodal
 
@@ -16,10 +17,10 @@ from msmix_cli.types import Multimodal
 class MSMix(Mixer):
     """Mixes latents before fusion. Its intensity predictors are parameters: the optimiser must include them.
 
-    The predictors read the original latents without detaching them, so SAL also shapes the backbone's
-    latents (msmix decides; the spec is silent). With `sig` off the ratios are lambda_0 and the predictors
-    are trained by SAL alone; with `sig` and `sal` both off they are not run at all. The rng draws the
-    pairs first, then lambda_0.
+    By default (the authors) the predictors read the latents undetached and the ratios are not detached, so
+    SAL and the mixed loss both reach the backbone through them; `sal_to_encoder` and `detach_ratio` cut
+    those paths. With `sig` off the ratios are lambda_0 and the predictors are trained by SAL alone; with
+    `sig` and `sal` both off they are not run at all. The rng draws the pairs first, then lambda_0.
     """
 
     point = "latent"
@@ -35,22 +36,34 @@ class MSMix(Mixer):
         if size < 2:
             return None
         config = self.config
-        pairs = self._pairs(views, label, config.num_mix or size, rng)
+        selection = self._pairs(views, label, config.num_mix or size, rng)
+        pairs = selection.pairs
         lam0 = beta_draws(rng, config.alpha, len(pairs), label.device)
-        intensity = self._intensities(views) if config.sig or config.sal else {}
-        ratios = modality_ratios(intensity, pairs, lam0) if config.sig else {m: lam0 for m in views.features}
+        intensity = self.intensities(views) if config.sig or config.sal else {}
+        guide = {m: i.detach() for m, i in intensity.items()} if config.detach_ratio else intensity
+        ratios = modality_ratios(guide, pairs, lam0) if config.sig else {m: lam0 for m in views.features}
         lam = label_ratio(ratios) if config.sig else lam0
-        loss = config.w_sal * sentiment_alignment_loss(intensity, label, self.label_range, config.sal_scale) if config.sal else 0.0
-        stats = {"pairs": pairs, "lam0": lam0, "lam_y": lam.detach()}
+        loss = config.w_sal * self._alignment_loss(intensity, label) if config.sal else 0.0
+        stats = {"pairs": pairs, "lam0": lam0, "lam_y": lam.detach(),
+                 "candidate_share": torch.tensor(selection.candidate_share), "fell_back": torch.tensor(float(selection.fell_back))}
         stats |= {f"lam_{m}": r.detach() for m, r in ratios.items()}
         stats |= {f"intensity_{m}": i.detach() for m, i in intensity.items()}
         return Mix(mix_pairs(views, pairs, ratios), label[pairs[:, 0]], label[pairs[:, 1]], lam, loss, stats)
 
-    def _pairs(self, views: Multimodal, label: Tensor, num_mix: int, rng: np.random.Generator) -> Tensor:
-        if not self.config.sass:
-            return random_pairs(views.batch_size, num_mix, rng, device=label.device)
-        sim = similarity_matrix(views)
-        return select_pairs(sim, num_mix, self.config.delta, rng, label, self.config.same_polarity)
+    def intensities(self, views: Multimodal) -> dict[str, Tensor]:
+        """I^m per modality, [B] in (-3, 3). With `sal_to_encoder` off the predictors read detached latents,
+        so neither SAL nor the mixing ratios send gradients into the backbone (msmix's option)."""
+        detach = not self.config.sal_to_encoder
+        return {m: self.predictors[m](x.detach() if detach else x, views.length(m)) for m, x in views.features.items()}
 
-    def _intensities(self, views: Multimodal) -> dict[str, Tensor]:
-        return {m: self.predictors[m](x, views.length(m)) for m, x in views.features.items()}
+    def _alignment_loss(self, intensity: dict[str, Tensor], label: Tensor) -> Tensor:
+        if self.config.sal_kind == "regression":
+            return intensity_regression_loss(intensity, label, self.label_range, self.config.sal_scale)
+        return sentiment_alignment_loss(intensity, label, self.label_range, self.config.sal_scale)
+
+    def _pairs(self, views: Multimodal, label: Tensor, num_mix: int, rng: np.random.Generator) -> Selection:
+        if not self.config.sass:
+            return Selection(random_pairs(views.batch_size, num_mix, rng, device=label.device), 1.0, False)
+        config = self.config
+        return select_pairs(similarity_matrix(views), num_mix, config.delta, rng, label, config.same_polarity,
+                            threshold=config.sass_threshold, label_bandwidth=config.label_bandwidth)

@@ -21,6 +21,16 @@ def sentiment_alignment_loss(intensity: dict[str, Tensor], label: Tensor, label_
     return scale * torch.stack(divergences).sum() / label.shape[0]
 
 
+def intensity_regression_loss(intensity: dict[str, Tensor], label: Tensor, label_range: float, scale: float = 1.0) -> Tensor:
+    """scale * sum_m mean_B (I^m - 3 y / label_range)^2: each predictor regresses the label on the intensity scale.
+
+    msmix's alternative to the KL (`mix.sal_kind: regression`): a softmax over the batch of |y| / 3 is almost
+    uniform, so the KL hardly tells a predictor which sample is intense; a regression target does. float32.
+    """
+    target = label.detach().float() * (INTENSITY_BOUND / label_range)
+    return scale * torch.stack([(values.float() - target).pow(2).mean() for values in intensity.values()]).sum()
+
+
 def _batch_distribution(scores: Tensor) -> Tensor:
     return torch.softmax(scores.reshape(-1), dim=0) + EPS
 

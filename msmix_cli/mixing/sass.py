@@ -5,6 +5,8 @@ Selection only picks indices, so it runs on detached latents, in float32 and out
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -54,6 +56,15 @@ def normalise_similarity(sim: Tensor) -> Tensor:
     return torch.where(off_diagonal, scaled, torch.zeros_like(scaled))
 
 
+@dataclass(frozen=True)
+class Selection:
+    """The pairs SASS chose, and what a researcher needs to judge the choice."""
+
+    pairs: Tensor  # [K, 2] long (i, j), i != j
+    candidate_share: float  # share of the ordered pairs i != j that passed the threshold (and polarity)
+    fell_back: bool  # too few candidates: the pairs came from the most similar ones instead
+
+
 def select_pairs(
     sim: Tensor,
     num_mix: int,
@@ -61,33 +72,50 @@ def select_pairs(
     rng: np.random.Generator,
     label: Tensor | None = None,
     same_polarity: bool = False,
-) -> Tensor:
-    """[K, 2] long pairs (i, j), i != j, on sim's device (MSMIX.md 1.3-1.6). K = num_mix, or 0 when B < 2.
+    threshold: str = "relative",
+    label_bandwidth: float | None = None,
+) -> Selection:
+    """K = num_mix pairs (i, j), i != j, on sim's device (MSMIX.md 1.3-1.6); none when B < 2.
 
-    Candidates are the ordered pairs with S'_ij > delta; num_mix of them are drawn uniformly without
-    replacement. With too few candidates, the 2 * num_mix most similar pairs (i < j) are the pool instead,
-    drawn without replacement when the pool is large enough, else with replacement.
+    Candidates are the ordered pairs whose similarity passes delta: S'_ij > delta on the min-max normalised
+    similarity (`threshold="relative"`, the authors'), or S_ij > delta on the raw mean cosine similarity
+    (`"absolute"`, msmix's option: a per-batch min-max lets 70-94 % of pairs pass whatever the batch holds).
+    num_mix of them are drawn without replacement, uniformly, or (msmix's option `label_bandwidth`, as C-Mixup
+    does for regression) with weight exp(-(y_i - y_j)^2 / (2 bw^2)). With too few candidates, the
+    2 * num_mix most similar pairs (i < j) are the pool instead, drawn without replacement when the pool is
+    large enough, else with replacement.
     msmix decides: with `same_polarity`, sign(y_i) = sign(y_j) is required of candidates and of the fallback
     pool (0 matches only 0); only when no pair of the batch shares a sign does the fallback ignore polarity,
     so that a batch still yields mixed samples. Ties in similarity go to the lower pair index.
     """
     size = sim.shape[0]
     if size < 2:
-        return torch.empty((0, 2), dtype=torch.long, device=sim.device)
-    scores = normalise_similarity(sim).cpu().numpy()
+        return Selection(torch.empty((0, 2), dtype=torch.long, device=sim.device), 0.0, False)
+    scores = (normalise_similarity(sim) if threshold == "relative" else sim.float()).cpu().numpy()
     allowed = ~np.eye(size, dtype=bool)
+    labels = None if label is None else label.detach().float().cpu().numpy()
     if same_polarity:
-        if label is None:
+        if labels is None:
             raise ValueError("same_polarity needs the labels")
-        sign = torch.sign(label.detach()).cpu().numpy()
+        sign = np.sign(labels)
         allowed &= sign[:, None] == sign[None, :]
-    candidates = np.argwhere(allowed & (scores > delta))
-    if len(candidates) >= num_mix:
-        chosen = candidates[rng.choice(len(candidates), size=num_mix, replace=False)]
-    else:
-        pool = _most_similar_pairs(scores, allowed, 2 * num_mix)
-        chosen = pool[rng.choice(len(pool), size=num_mix, replace=len(pool) < num_mix)]
-    return torch.as_tensor(chosen, dtype=torch.long, device=sim.device)
+    passed = allowed & (scores > delta)
+    candidates = np.argwhere(passed)
+    fell_back = len(candidates) < num_mix
+    pool = _most_similar_pairs(scores, allowed, 2 * num_mix) if fell_back else candidates
+    weights = None
+    if label_bandwidth is not None:
+        if labels is None:
+            raise ValueError("label_bandwidth needs the labels")
+        distance = labels[pool[:, 0]] - labels[pool[:, 1]]
+        kernel = np.exp(-distance**2 / (2 * label_bandwidth**2)) + 1e-12  # every pair keeps some chance
+        weights = kernel / kernel.sum()
+    replace = len(pool) < num_mix
+    if weights is not None and not replace:
+        replace = np.count_nonzero(weights) < num_mix
+    chosen = pool[rng.choice(len(pool), size=num_mix, replace=replace, p=weights)]
+    share = float(passed.sum()) / (size * (size - 1))
+    return Selection(torch.as_tensor(chosen, dtype=torch.long, device=sim.device), share, fell_back)
 
 
 def _most_similar_pairs(scores: np.ndarray, allowed: np.ndarray, count: int) -> np.ndarray:

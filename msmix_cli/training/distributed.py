@@ -9,7 +9,8 @@ every batch, and DDP averages the gradients. What each rank does:
   `--mix none` one step of N processes equals one step of one process (tests/test_distributed.py).
 - mixing: a mixer pairs samples inside its own rank's batch (pairs never cross ranks). Each rank draws its
   mixing randomness and its dropout from generators derived from (seed, epoch, rank), so ranks differ while
-  the data order, drawn from the run's generator, stays the same on all of them.
+  the data order, drawn from the run's generator, stays the same on all of them (as it does for every mixer
+  on one seed in a single process).
 - BatchNorm (the TFN and LMF subnets) becomes SyncBatchNorm on CUDA, so its statistics cover the whole
   batch; PyTorch's SyncBatchNorm has no CPU kernel, so on CPU (gloo) each rank uses its own shard's statistics.
 - validation and test: every rank evaluates the whole split itself (the replicas are identical, so no
@@ -167,16 +168,14 @@ def epoch_batches(split: SplitData, batch_size: int, rng: np.random.Generator) -
     return split.batches(batch_size, shuffle=False, indices=order[:trained_per_epoch(len(order), batch_size)])
 
 
-def mixing_generator(rng: np.random.Generator, seed: int, epoch: int) -> np.random.Generator:
-    """The generator the mixer draws from in `epoch`: the run's own in a single process.
+def mixing_generator(seed: int, epoch: int) -> np.random.Generator:
+    """The generator the mixer draws from in `epoch`, derived from (seed, epoch, rank); it also reseeds torch (dropout).
 
-    Under DDP, one per (seed, epoch, rank), which also reseeds torch (dropout): the ranks' batches consume
-    different amounts of randomness, and the run's generator must stay in step across ranks for the data order.
+    Shuffling draws from the run's own generator and nothing else does, so every mixer trained on one seed sees
+    the same batches in the same order (a paired comparison), and under DDP the data order stays the same on
+    every rank while each rank mixes and drops out differently.
     """
-    where = ranks()
-    if where.world == 1:
-        return rng
-    mixing, dropout = np.random.SeedSequence([seed, epoch, where.rank]).spawn(2)
+    mixing, dropout = np.random.SeedSequence([seed, epoch, ranks().rank]).spawn(2)
     torch.manual_seed(int(dropout.generate_state(1, np.uint64)[0]))
     return np.random.default_rng(mixing)
 
@@ -190,13 +189,14 @@ def any_rank(flag: bool) -> bool:
     return bool(value.item())
 
 
-def sum_across(*values: float) -> tuple[float, ...]:
-    """Each value summed over the ranks (an epoch's loss totals); the values themselves in a single process."""
+def average_across(row: dict[str, float]) -> dict[str, float]:
+    """Each value of an epoch's training log averaged over the ranks (their shards are the same size)."""
     if ranks().world == 1:
-        return values
-    total = torch.tensor(values, dtype=torch.float64, device=HOST)
+        return row
+    keys = sorted(row)
+    total = torch.tensor([row[k] for k in keys], dtype=torch.float64, device=HOST)
     dist.all_reduce(total)
-    return tuple(total.tolist())
+    return dict(zip(keys, (total / ranks().world).tolist()))
 
 
 def from_main(value: T) -> T:

@@ -24,11 +24,12 @@ from msmix_cli.mixing import MIXERS, Mix, Mixer, build_mixer, mix_loss
 from msmix_cli.models import Backbone, build_backbone, count_parameters, task_loss
 from msmix_cli.recipes import Recipe
 from msmix_cli.training import distributed
+from msmix_cli.training.diagnostics import EpochLog, intensity_correlations, parameter_parts, term_grad_norms
 from msmix_cli.training.device import amp_dtype, autocast, compile_backbone, configure_threads, resolve_device, to_device
 from msmix_cli.training.events import BatchDone, EpochDone, Listener, RunStarted, ignore
 from msmix_cli.training.rundir import COMPLETE, FAILED, INTERRUPTED, RunDir, load_checkpoint
 from msmix_cli.training.seeding import capture_rng, restore_rng, seed_everything
-from msmix_cli.types import Batch, DataShape
+from msmix_cli.types import Batch, DataShape, Multimodal
 
 
 IN_MEMORY_LIMIT = 2 * 1024**3  # bytes of float32 features above which a split is read from the cache file per batch
@@ -87,26 +88,32 @@ def build_networks(recipe: Recipe, shape: DataShape) -> tuple[Backbone, Mixer]:
         raise BadInput(f"cannot build {recipe.backbone} with the recipe's model and mix settings: {first_line(error)}") from None
 
 
-def step_loss(model: Backbone, mixer: Mixer, batch: Batch, rng: np.random.Generator, w_mix: float) -> tuple[Tensor, dict[str, Tensor]]:
-    """Total loss of one batch and its terms. The batch is encoded once; the head sees originals and mixed together."""
+def step_loss(model: Backbone, mixer: Mixer, batch: Batch, rng: np.random.Generator, w_mix: float,
+              mixing: bool = True) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """Total loss of one batch, its terms, and the mixer's statistics (detached; empty when nothing was mixed).
+
+    The batch is encoded once; the head sees originals and mixed samples together. `mixing` False trains the
+    batch clean (the warm-up epochs before a mixer starts).
+    """
     size = batch.size
-    mix: Mix | None
+    mix: Mix | None = None
     if mixer.point == "input":
-        mix = mixer(batch.inputs, batch.label, rng)
+        mix = mixer(batch.inputs, batch.label, rng) if mixing else None
         latents = model.encode(batch if mix is None else replace(batch, inputs=batch.inputs.cat(mix.views)))
         views = latents.views
     else:
         latents = model.encode(batch)
-        mix = mixer(latents.views, batch.label, rng)
+        mix = mixer(latents.views, batch.label, rng) if mixing else None
         views = latents.views if mix is None else latents.views.cat(mix.views)
     out = model.head(views)
     prediction = out.prediction.float()
     terms = {"task": task_loss(model.task_loss, prediction[:size], batch.label)}
     if mix is not None:
-        terms["mix"] = w_mix * mix_loss(prediction[size:], mix)
-        terms["mixer"] = torch.as_tensor(mix.loss, device=prediction.device, dtype=torch.float32)
+        kind = model.task_loss if mixer.config.mix_loss == "task" else "mse"
+        terms["mix"] = w_mix * mix_loss(prediction[size:], mix, kind)
+        terms["sal"] = torch.as_tensor(mix.loss, device=prediction.device, dtype=torch.float32)
     terms["aux"] = torch.as_tensor(latents.aux_loss + out.aux_loss, device=prediction.device, dtype=torch.float32)
-    return sum(terms.values()), terms
+    return sum(terms.values()), terms, {} if mix is None else mix.stats
 
 
 class TrainingStep(nn.Module):
@@ -118,36 +125,49 @@ class TrainingStep(nn.Module):
         self.model = model
         self.mixer = mixer
 
-    def forward(self, batch: Batch, rng: np.random.Generator, w_mix: float) -> tuple[Tensor, dict[str, Tensor]]:
-        return step_loss(self.model, self.mixer, batch, rng, w_mix)
+    def forward(self, batch: Batch, rng: np.random.Generator, w_mix: float,
+                mixing: bool = True) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        return step_loss(self.model, self.mixer, batch, rng, w_mix, mixing)
 
 
 Perturbation = Callable[[Batch], Batch]
 
 
+Probe = Callable[[Multimodal], dict[str, Tensor]]
+
+
 @torch.no_grad()
 def predict(model: Backbone, split: SplitData, batch_size: int, device: torch.device, dtype: torch.dtype | None = None,
-            perturb: Perturbation | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Predictions and labels of a split, in its stored order (never shuffled); `perturb` alters each batch first."""
+            perturb: Perturbation | None = None, probe: Probe | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, list[Tensor]]]:
+    """Predictions and labels of a split, in its stored order (never shuffled); `perturb` alters each batch first.
+
+    `probe` reads each batch's latents (the mixer's intensity predictors, say); its outputs are gathered per key.
+    """
     model.eval()
     predictions = []
+    probed: dict[str, list[Tensor]] = {}
     for batch in split.batches(batch_size, shuffle=False):
         batch = batch.to(device)
         if perturb is not None:
             batch = perturb(batch)
         with autocast(device, dtype):
-            predictions.append(model(batch).prediction.float().reshape(-1).cpu())
-    return torch.cat(predictions).numpy().astype(np.float64), split.labels.astype(np.float64)
+            latents = model.encode(batch)
+            predictions.append(model.head(latents.views).prediction.float().reshape(-1).cpu())
+            for key, value in (probe(latents.views) if probe is not None else {}).items():
+                probed.setdefault(key, []).append(value.float().reshape(-1).cpu())
+    return torch.cat(predictions).numpy().astype(np.float64), split.labels.astype(np.float64), probed
 
 
-def evaluate(setup: Setup, split_name: str, perturb: Perturbation | None = None) -> tuple[dict[str, float], float]:
-    """The dataset's metrics on a split, and the backbone's task loss there."""
+def evaluate(setup: Setup, split_name: str, perturb: Perturbation | None = None,
+             probe: Probe | None = None) -> tuple[dict[str, float], float, dict[str, float]]:
+    """The dataset's metrics on a split, the backbone's task loss there, and corr(|I^m|, |y|) when probed."""
     dtype = amp_dtype(setup.device, setup.recipe.train.amp)
-    pred, label = predict(setup.model, setup.data.split(split_name), setup.recipe.train.batch_size, setup.device, dtype, perturb)
+    split = setup.data.split(split_name)
+    pred, label, probed = predict(setup.model, split, setup.recipe.train.batch_size, setup.device, dtype, perturb, probe)
     if not np.isfinite(pred).all():
         raise RunFailed(f"the model predicts non-finite values on the {split_name} split; the run has diverged")
     loss = float(np.abs(pred - label).mean() if setup.model.task_loss == "l1" else ((pred - label) ** 2).mean())
-    return regression_metrics(pred, label, setup.metric_set), loss
+    return regression_metrics(pred, label, setup.metric_set), loss, intensity_correlations(probed, label)
 
 
 def make_optimizer(setup: Setup) -> torch.optim.Optimizer:
@@ -188,6 +208,8 @@ def fit(recipe: Recipe, run: RunDir, *, data_root: Path, command: str = "msmix t
     train_split = setup.data.split("train")
     if len(train_split) < 2:  # a batch of one cannot train (BatchNorm), nor mix
         raise BadInput(f"{setup.data.path}: the training split holds a single sample; training needs at least 2")
+    if t.log_grad_norms and distributed.ranks().world > 1:
+        raise BadInput("train.log_grad_norms works in a single process; drop it or --nproc")
     trained = distributed.trained_per_epoch(distributed.shard_size(len(train_split)), t.batch_size)
     batches_per_epoch = math.ceil(trained / t.batch_size)
     optimizer = make_optimizer(setup)
@@ -204,28 +226,35 @@ def fit(recipe: Recipe, run: RunDir, *, data_root: Path, command: str = "msmix t
 
     history: list[dict[str, Any]] = state["history"]
     best_loss, best_epoch = state["best_loss"], state["best_epoch"]
+    probe = getattr(mixer, "intensities", None) if recipe.mix.sig or recipe.mix.sal else None
+    parts = None  # encoder / head / predictors parameters, found on the first batch when gradient norms are logged
     try:
         with stop_requests() as stop:
             for epoch in range(state["epoch"] + 1, t.max_epochs + 1):
-                if epoch - best_epoch > t.early_stop:
+                if epoch - best_epoch > t.early_stop and epoch > t.min_epochs:
                     break
+                epoch_started = time.perf_counter()
                 model.train()
                 mixer.train()
-                running, seen = 0.0, 0
-                mixing = distributed.mixing_generator(rng, t.seed, epoch)
+                log = EpochLog()
+                mixing_on = epoch > recipe.mix.warmup_epochs
+                mixing = distributed.mixing_generator(t.seed, epoch)
                 for index, batch in enumerate(distributed.epoch_batches(train_split, t.batch_size, rng), start=1):
                     if distributed.any_rank(stop.requested is not None):
                         raise Interrupted(f"stopped by {stop.requested or 'a signal to another rank'} at epoch {epoch}; "
                                           f"resume with: msmix train --resume {run.path}")
                     batch = to_device(batch, device)
                     with autocast(device, dtype):
-                        loss, terms = training_step(batch, mixing, recipe.mix.w_mix)
+                        loss, terms, mix_stats = training_step(batch, mixing, recipe.mix.w_mix, mixing_on)
                     if distributed.any_rank(not torch.isfinite(loss)):
                         bad = ", ".join(k for k, v in terms.items() if not torch.isfinite(v)) or "total"
                         if t.nonfinite == "skip":
                             optimizer.zero_grad(set_to_none=True)
                             continue
                         raise RunFailed(f"non-finite loss at epoch {epoch}, batch {index} (term: {bad}); the last good checkpoint is kept in {run.path}")
+                    if t.log_grad_norms:
+                        parts = parts or parameter_parts(model, mixer, batch)
+                        log.add_grad_norms(term_grad_norms(terms, parts))
                     scaler.scale(loss / t.accumulation).backward()
                     if index % t.accumulation == 0 or index == batches_per_epoch:
                         if t.grad_clip:
@@ -236,30 +265,34 @@ def fit(recipe: Recipe, run: RunDir, *, data_root: Path, command: str = "msmix t
                         optimizer.zero_grad(set_to_none=True)
                         if scheduler is not None and t.scheduler == "cosine":
                             scheduler.step()
-                    running += loss.item() * batch.size
-                    seen += batch.size
-                    on_event(BatchDone(epoch, index, running / seen))
+                    log.add_terms({"loss": loss, **terms}, batch.size)
+                    if mix_stats:
+                        log.add_mix(mix_stats, batch.label)
+                    on_event(BatchDone(epoch, index, log.mean("train_loss")))
 
-                running, seen = distributed.sum_across(running, seen)
-                valid_metrics, valid_loss = distributed.from_main(evaluate(setup, "valid"))
+                train_row = distributed.average_across(log.row())
+                valid_metrics, valid_loss, valid_probe = distributed.from_main(evaluate(setup, "valid", probe=probe))
                 if scheduler is not None and t.scheduler == "plateau":
                     scheduler.step(valid_loss)
                 improved = valid_loss < best_loss
                 if improved:
                     best_loss, best_epoch = valid_loss, epoch
                     run.save_best({"model": model.state_dict(), "mixer": mixer.state_dict(), "epoch": epoch, "valid_loss": valid_loss})
-                history.append({"epoch": epoch, "train_loss": running / max(seen, 1), "valid_loss": valid_loss,
-                                "valid_MAE": valid_metrics["MAE"], "lr": optimizer.param_groups[0]["lr"], "best": improved})
+                history.append({"epoch": epoch, **train_row, "valid_loss": valid_loss,
+                                **{f"valid_{k}": v for k, v in valid_metrics.items()},
+                                **{f"valid_{k}": v for k, v in valid_probe.items()},
+                                "lr": optimizer.param_groups[0]["lr"], "best": improved,
+                                "epoch_time_s": round(time.perf_counter() - epoch_started, 3)})
                 run.write_history(history)
                 run.save_last({"model": model.state_dict(), "mixer": mixer.state_dict(), "optimizer": optimizer.state_dict(),
                                "scheduler": None if scheduler is None else scheduler.state_dict(), "scaler": scaler.state_dict(),
                                "epoch": epoch, "best_loss": best_loss, "best_epoch": best_epoch, "history": history,
                                "rng": capture_rng(rng)})
-                on_event(EpochDone(epoch, running / max(seen, 1), valid_loss, valid_metrics["MAE"], improved, best_epoch))
+                on_event(EpochDone(epoch, train_row["train_loss"], valid_loss, valid_metrics["MAE"], improved, best_epoch))
 
         distributed.barrier()  # rank 0 has written the best checkpoint
         model.load_state_dict(run.load_best(device)["model"])
-        metrics, _ = evaluate(setup, "test")
+        metrics, _, _ = evaluate(setup, "test")
         result = {"split": "test", "best_epoch": best_epoch, "epochs_run": len(history), "metrics": metrics}
         run.write_metrics(json_safe(result))
     except Interrupted:
@@ -321,7 +354,7 @@ def evaluate_run(run: RunDir, *, data_root: Path, split: str = "test", device: s
     recipe = run.recipe()
     setup = build(recipe, data_root, device)
     setup.model.load_state_dict(run.load_best(setup.device)["model"])
-    metrics, _ = evaluate(setup, split, perturb)
+    metrics, _, _ = evaluate(setup, split, perturb)
     return json_safe({"split": split, "best_epoch": run.info().get("best_epoch"), "metrics": metrics})
 
 

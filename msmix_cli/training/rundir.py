@@ -95,7 +95,7 @@ class RunDir:
     def write_history(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        header = list(rows[0])
+        header = list(dict.fromkeys(key for row in rows for key in row))  # a warm-up epoch has no mixing columns
         lines = [",".join(header)] + [",".join(_csv_cell(row.get(k)) for k in header) for row in rows]
         atomic_write_text(self.history_file, "\n".join(lines) + "\n")
 
