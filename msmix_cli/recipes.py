@@ -94,6 +94,22 @@ def default_recipe_path(dataset: str, backbone: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def shipped_recipe(dataset: str, backbone: str) -> dict[str, Any]:
+    """The shipped recipe of dataset × backbone ({} when none). An imported dataset has none of its own: it
+    gets the recipe of the published dataset it is `like`, without that dataset's name and setting."""
+    path = default_recipe_path(dataset, backbone)
+    if path is not None:
+        return read_yaml(path)
+    like = None if dataset in DATASETS else DATASETS.get(dataset).like
+    path = default_recipe_path(like, backbone) if like else None
+    if path is None:
+        return {}
+    raw = read_yaml(path)
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    raw["data"] = {k: v for k, v in data.items() if k not in ("dataset", "setting")}
+    return raw
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """A recipe file as a dict with its `base:` chain merged in (the file's own keys win)."""
     return _read_yaml(path, seen=())
@@ -316,9 +332,7 @@ def resolve_recipe(
         want_dataset = dataset or sets.get("data", {}).get("dataset") or DataConfig.dataset
         want_backbone = backbone or sets.get("model", {}).get("name") or "tfn"
         if isinstance(want_dataset, str) and isinstance(want_backbone, str):
-            shipped = default_recipe_path(want_dataset, want_backbone)
-            if shipped is not None:
-                raw = read_yaml(shipped)
+            raw = shipped_recipe(want_dataset, want_backbone)
     elif dataset and file_dataset and dataset != file_dataset:
         raise BadInput(f"recipe {recipe_path} is for dataset {file_dataset!r}; drop --dataset {dataset} or use another recipe")
     flags: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (overrides or {}).items()}

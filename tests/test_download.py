@@ -308,3 +308,37 @@ def test_import_from_a_folder_without_the_files_is_bad_input(tmp_path: Path) -> 
                                  "--data-root", str(tmp_path / "data")])
     assert result.exit_code == 2
     assert "found none of" in result.stderr
+
+
+def test_csd_files_under_other_names_are_imported_with_features(tmp_path: Path) -> None:
+    """Words and labels under their published names, COVAREP and FACET under the user's own."""
+    folder, data = tmp_path / "mine", tmp_path / "data"
+    folder.mkdir()
+    for name in ("CMU_MOSI_TimestampedWordVectors.csd", "CMU_MOSI_Opinion_Labels.csd"):
+        (folder / name).write_bytes(name.encode())
+    (folder / "covarep.csd").write_bytes(b"audio")
+    (folder / "facet41.csd").write_bytes(b"vision")
+    wide = {"COLUMNS": "250"}  # one table row per file
+    args = ["download", "--dataset", "mosi", "--source", "mmsdk", "--from", str(folder), "--data-root", str(data)]
+    result = runner.invoke(app, args, env=wide)
+    assert result.exit_code == 0, result.output
+    missing = [line for line in result.stdout.splitlines() if "missing" in line]
+    assert len(missing) == 2 and "--features audio=FILE" in missing[0] and "--features vision=FILE" in missing[1]
+    result = runner.invoke(app, [*args, "--features", "audio=covarep.csd", "--features", "vision=facet41.csd"], env=wide)
+    assert result.exit_code == 0, result.output
+    raw = data / "raw" / "mosi"
+    assert (raw / "CMU_MOSI_COVAREP.csd").read_bytes() == b"audio"
+    assert (raw / "CMU_MOSI_Visual_Facet_41.csd").read_bytes() == b"vision"
+
+
+@pytest.mark.parametrize("features, fragment", [
+    ("covarep=covarep.csd", "audio (CMU_MOSI_COVAREP.csd)"),
+    ("audio=nothere.csd", "nothere.csd is not a file"),
+    ("audio", "ROLE=FILE"),
+])
+def test_bad_features_are_one_line_naming_what_is_expected(tmp_path: Path, features: str, fragment: str) -> None:
+    (tmp_path / "covarep.csd").write_bytes(b"audio")
+    result = runner.invoke(app, ["download", "--dataset", "mosi", "--source", "mmsdk", "--from", str(tmp_path),
+                                 "--features", features, "--data-root", str(tmp_path / "data")])
+    assert result.exit_code == 2
+    assert fragment in " ".join(result.stderr.split())

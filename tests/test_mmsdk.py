@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from formats import frames, intervals, write_csd
+from msmix_cli.cli import app
 from msmix_cli.data.cache import SplitArrays
-from msmix_cli.data.mmsdk import EPSILON, clean_track, overlap_mean, segment_rows, standard_folds
+from msmix_cli.data.mmsdk import DEFAULT_TOLERANCE, clean_track, overlap_mean, segment_rows, standard_folds
 from msmix_cli.data.preprocess import normalize_features, preprocess
 from msmix_cli.errors import BadInput
 
@@ -194,13 +196,14 @@ def test_normalize_features_leaves_a_constant_feature_centred() -> None:
     np.testing.assert_allclose(split.features["audio"][:, :, 1], [[0, 0, 0], [0, 0, 0]])
 
 
-def naive_mean(reference: np.ndarray, times: np.ndarray, features: np.ndarray) -> np.ndarray:
-    """FORMATS.md's rule word by word: overlap, clip, drop pieces <= EPSILON, average; zeros where none."""
+def naive_mean(reference: np.ndarray, times: np.ndarray, features: np.ndarray,
+               tolerance: float = DEFAULT_TOLERANCE) -> np.ndarray:
+    """FORMATS.md's rule word by word: overlap, clip, drop pieces <= tolerance, average; zeros where none."""
     out = np.zeros((len(reference), features.shape[1]))
     for i, (r0, r1) in enumerate(reference):
-        hit = (times[:, 0] < r1 + EPSILON) & (times[:, 1] > r0 - EPSILON)
+        hit = (times[:, 0] < r1 + tolerance) & (times[:, 1] > r0 - tolerance)
         clipped = np.minimum(times[:, 1], r1) - np.maximum(times[:, 0], r0)
-        keep = hit & (np.abs(clipped) > EPSILON)
+        keep = hit & (np.abs(clipped) > tolerance)
         if keep.any():
             out[i] = features[keep].mean(axis=0)
     return out
@@ -220,6 +223,33 @@ def test_vectorised_alignment_matches_the_per_word_rule(words, rows_, back_to_ba
     features = np.arange(len(times) * 2, dtype=np.float32).reshape(-1, 2)
     track, _ = clean_track(times, features)
     np.testing.assert_allclose(overlap_mean(reference, track), naive_mean(reference, times, features), rtol=1e-5)
+
+
+GITHUB_TOLERANCE = 1e-5  # the SDK's GitHub code since December 2019; the default is the pip release's 1e-3
+
+
+@pytest.mark.parametrize("tolerance, mean", [(DEFAULT_TOLERANCE, 2.0), (GITHUB_TOLERANCE, 5.0)])
+def test_a_half_millisecond_overlap_counts_under_the_github_tolerance_only(tolerance: float, mean: float) -> None:
+    times = intervals((-0.5, 1.0005), (1.0005, 2.0))  # the first frame overlaps the word [1, 2] by 0.5 ms
+    track, _ = clean_track(times, np.array([[8.0], [2.0]], np.float32), tolerance)
+    np.testing.assert_allclose(overlap_mean(intervals((1.0, 2.0)), track, tolerance), [[mean]])
+    np.testing.assert_allclose(naive_mean(intervals((1.0, 2.0)), times, np.array([[8.0], [2.0]]), tolerance), [[mean]])
+
+
+@pytest.mark.parametrize("flag, mean", [([], 2.0), (["--tolerance", "1e-5"], 5.0)])
+def test_the_tolerance_option_reaches_the_cache(tmp_path: Path, flag: list[str], mean: float) -> None:
+    """A COVAREP frame overlapping the validation word [0, 1] by 0.5 ms: averaged in with 1e-5 only."""
+    videos = mosi_videos()
+    videos["audio"][VALID] = (rows([8, 2], 74), intervals((-0.5, 0.0005), (0.0005, 1.0)))
+    write_mosi(tmp_path, videos)
+    result = CliRunner().invoke(app, ["preprocess", "--dataset", "mosi", "--source", "mmsdk", "--data-root",
+                                      str(tmp_path), *flag])
+    assert result.exit_code == 0, result.output
+    cache = load(tmp_path / "cache" / "mosi-aligned.h5")
+    np.testing.assert_allclose(cache["valid"]["audio"][0, 0], mean + AUDIO_COLUMNS / 1000, rtol=1e-6)
+    with h5py.File(tmp_path / "cache" / "mosi-aligned.h5", "r") as handle:
+        tolerance = json.loads(handle.attrs["provenance"])["overlap_tolerance"]
+    assert tolerance == (1e-5 if flag else DEFAULT_TOLERANCE)
 
 
 def test_segment_rows_on_nested_intervals_keeps_time_order() -> None:

@@ -58,6 +58,7 @@ def ablate(
 
     Example: msmix ablate --dataset synth --backbone tfn,lmf --baselines --max-epochs 5
     """
+    DATASETS.use_data_root(data_root or data_root_default())  # where imported datasets are looked up
     spec = AblationSpec(
         variants=tuple(parse_variants(drop, grid, baselines)), seeds=parse_seeds(seeds), out=out_dir,
         data_root=data_root or data_root_default(), datasets=parse_names(dataset), backbones=parse_names(backbone),

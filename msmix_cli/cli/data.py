@@ -17,8 +17,10 @@ from rich.table import Table
 
 from msmix_cli.cli.app import app, err, out, reports_errors
 from msmix_cli.data.download import DownloadReport, HttpSettings, download
+from msmix_cli.data.imported import import_csd, import_pickle
 from msmix_cli.data.inspect import Entry, Inspection, inspect_file
 from msmix_cli.data.loading import data_root_default
+from msmix_cli.data.mmsdk import DEFAULT_TOLERANCE
 from msmix_cli.data.preprocess import PreprocessReport, preprocess
 from msmix_cli.data.specs import DATASETS
 from msmix_cli.errors import BadInput
@@ -26,6 +28,22 @@ from msmix_cli.report import to_json
 
 PUBLISHED = ", ".join(name for name in DATASETS if DATASETS.get(name).sources)
 DATA_ROOT_HELP = "Data folder (default $MSMIX_DATA_ROOT or ./data)."
+TOLERANCE_HELP = (f"Seconds an overlap of two .csd intervals must exceed to count (default {DEFAULT_TOLERANCE:g}: the "
+                  "CMU SDK's pip release 0.0.6, and its GitHub code 2018-09..2019-12; 1e-5: its GitHub code since).")
+
+
+def parse_features(assignments: list[str]) -> dict[str, Path]:
+    """`["audio=covarep.csd"]` -> {"audio": Path("covarep.csd")}; a role given twice is an error."""
+    features: dict[str, Path] = {}
+    for assignment in assignments:
+        role, sep, file = assignment.partition("=")
+        role = role.strip()
+        if not sep or not role or not file:
+            raise BadInput(f"--features expects ROLE=FILE (e.g. audio=my_covarep.csd), got {assignment!r}")
+        if role in features:
+            raise BadInput(f"--features names {role} twice")
+        features[role] = Path(file)
+    return features
 
 
 class OutputFormat(str, Enum):
@@ -66,15 +84,24 @@ def download_command(
         None, "--from", help="A file or folder you fetched by hand (e.g. MMSA's Google Drive folder): the listed "
                              "files found there are copied into place and checked."),
     link: bool = typer.Option(False, "--link", help="With --from: hard-link instead of copying (same disk only)."),
+    features: list[str] = typer.Option(
+        [], "--features", metavar="ROLE=FILE",
+        help="With --from: import FILE (relative to the --from folder) as the file of ROLE when it has another "
+             "name, e.g. audio=covarep.csd. Roles: text, audio, vision, labels (.csd); aligned, unaligned "
+             "(pickles); label_csv. Repeatable; the table names the file each role expects."),
     mirror: Optional[str] = typer.Option(None, help="A base URL serving the same paths as the SDK's host."),
     retries: int = typer.Option(4, min=0, help="Attempts after the first, with a doubling pause between them."),
     timeout: float = typer.Option(60.0, min=0.1, help="Seconds a connection or a read may stall."),
 ) -> None:
-    """Fetch a dataset's published files into <data-root>/raw/<dataset>/, resuming and verifying them."""
+    """Fetch a dataset's published files into <data-root>/raw/<dataset>/, resuming and verifying them.
+
+    Example: msmix download --dataset mosi --source mmsdk --from ~/csd --features audio=covarep.csd
+    """
     http = HttpSettings(timeout=timeout, retries=retries, mirror=mirror)
+    named = parse_features(features)
     with NamedBars(err, DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()) as progress:
         report = download(dataset, source, data_root=data_root or data_root_default(), from_path=from_path,
-                          link=link, http=http, progress=progress)
+                          link=link, http=http, progress=progress, features=named)
     out.print(download_table(report))
 
 
@@ -83,14 +110,42 @@ def download_command(
 def preprocess_command(
     dataset: Optional[str] = typer.Option(None, help=f"Dataset: {PUBLISHED}."),
     source: Optional[str] = typer.Option(None, help="mmsa (feature pickles, default) or mmsdk (.csd files)."),
-    setting: Optional[str] = typer.Option(None, help="aligned or unaligned (default: the dataset's first)."),
+    setting: Optional[str] = typer.Option(
+        None, help="aligned or unaligned (default: the dataset's first; for --from: aligned when the three "
+                   "modalities share one padded length)."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     normalize: bool = typer.Option(False, "--normalize", help="Standardise features with training-split statistics."),
+    tolerance: Optional[float] = typer.Option(None, "--tolerance", metavar="SECONDS", help=TOLERANCE_HELP),
+    from_pickle: Optional[Path] = typer.Option(
+        None, "--from", metavar="FILE.pkl",
+        help="Import your own MMSA-layout pickle (any widths and lengths) as dataset --name."),
+    csd: Optional[Path] = typer.Option(
+        None, "--csd", metavar="DIR", help="Import .csd files from DIR as dataset --name (see --features, --like)."),
+    name: Optional[str] = typer.Option(None, help="The name an import gets: train it with --dataset NAME."),
+    features: list[str] = typer.Option(
+        [], "--features", metavar="ROLE=FILE",
+        help="With --csd: FILE (in DIR) is the sequence of ROLE (text, audio, vision or labels), read with all its "
+             "columns; a role not given is the --like dataset's published file. Repeatable."),
+    text: Optional[Path] = typer.Option(None, "--text", metavar="FILE.pkl", help="With --from: take text (and "
+                                        "text_bert) from this pickle, matched by id (MMSA's feature_T)."),
+    audio: Optional[Path] = typer.Option(None, "--audio", metavar="FILE.pkl", help="With --from: take audio and "
+                                         "audio_lengths from this pickle (MMSA's feature_A)."),
+    vision: Optional[Path] = typer.Option(None, "--vision", metavar="FILE.pkl", help="With --from: take vision and "
+                                          "vision_lengths from this pickle (MMSA's feature_V)."),
+    label_range: Optional[float] = typer.Option(
+        None, "--label-range", metavar="R", help="An import's labels lie in [-R, R] (default: 1 when every label "
+                                                 "does, else 3, for --from; the --like dataset's for --csd)."),
+    like: Optional[str] = typer.Option(
+        None, help="The published dataset whose recipes and metrics an import uses (default: sims for labels "
+                   "in [-1, 1], else mosi); with --csd also its folds and lengths (mosi or mosei)."),
     inspect: Optional[Path] = typer.Option(None, "--inspect", metavar="FILE",
                                            help="Describe a pickle, .csd or cache file instead of preprocessing."),
     output: OutputFormat = typer.Option(OutputFormat.table, "--format", help="How to print the result."),
 ) -> None:
-    """Turn a dataset's raw files into the cache `train` reads (<data-root>/cache/<dataset>-<setting>.h5)."""
+    """Turn a dataset's raw files into the cache `train` reads (<data-root>/cache/<dataset>-<setting>.h5).
+
+    Example: msmix preprocess --from my_features.pkl --name myfeats, then msmix train --dataset myfeats
+    """
     if inspect is not None:
         inspection = inspect_file(inspect)
         if output is OutputFormat.json:
@@ -98,15 +153,61 @@ def preprocess_command(
         else:
             render_inspection(inspection)
         return
-    if dataset is None:
-        raise BadInput("give --dataset (or --inspect FILE)")
+    root = data_root or data_root_default()
+    replace = {m: path for m, path in (("text", text), ("audio", audio), ("vision", vision)) if path is not None}
+    given = {"--name": name is not None, "--like": like is not None, "--label-range": label_range is not None,
+             "--text": text is not None, "--audio": audio is not None, "--vision": vision is not None,
+             "--features": bool(features), "--tolerance": tolerance is not None}
+    check_import_options(dataset, from_pickle, csd, name, given)
+    overlap = DEFAULT_TOLERANCE if tolerance is None else tolerance
     with NamedBars(err, MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as progress:
-        report = preprocess(dataset, data_root=data_root or data_root_default(), source=source, setting=setting,
-                            normalize=normalize, progress=progress)
+        if from_pickle is not None:
+            report = import_pickle(name, from_pickle, data_root=root, setting=setting, label_range=label_range,
+                                   like=like, replace=replace, normalize=normalize, progress=progress)
+        elif csd is not None:
+            report = import_csd(name, csd, data_root=root, features=parse_features(features), setting=setting,
+                                like=like or "mosi", label_range=label_range, tolerance=overlap,
+                                normalize=normalize, progress=progress)
+        else:
+            report = preprocess(dataset, data_root=root, source=source, setting=setting, normalize=normalize,
+                                tolerance=overlap, progress=progress)
     if output is OutputFormat.json:
         print(to_json(asdict(report)))
     else:
         render_preprocess(report)
+
+
+def check_import_options(dataset: str | None, from_pickle: Path | None, csd: Path | None, name: str | None,
+                         given: dict[str, bool]) -> None:
+    """Which options go together: --dataset for a published dataset, or --from/--csd with --name for an import.
+
+    `given` says which of the options that belong to one route only were given (--text, --features, ...).
+    """
+    if from_pickle is not None and csd is not None:
+        raise BadInput("give --from FILE.pkl or --csd DIR, not both")
+    importing = from_pickle is not None or csd is not None
+    if importing and dataset is not None:
+        raise BadInput("--dataset preprocesses a published dataset; an import gets its own --name instead")
+    if importing and name is None:
+        raise BadInput("give the imported dataset a --name (then: msmix train --dataset NAME)")
+    if not importing and dataset is None:
+        raise BadInput("give --dataset, or --from FILE.pkl / --csd DIR with --name (or --inspect FILE)")
+    routes = {"--name": importing, "--like": importing, "--label-range": importing, "--text": from_pickle is not None,
+              "--audio": from_pickle is not None, "--vision": from_pickle is not None, "--features": csd is not None,
+              "--tolerance": from_pickle is None}
+    for flag, allowed in routes.items():
+        if given[flag] and not allowed:
+            raise BadInput(f"{flag} does not apply here: {IMPORT_FLAGS_HELP[flag]}")
+
+
+IMPORT_FLAGS_HELP = {
+    "--name": "it names an import (--from FILE.pkl or --csd DIR)", "--like": "it applies to an import",
+    "--label-range": "it applies to an import; a published dataset's range is fixed",
+    "--text": "it replaces a modality of the pickle given with --from", "--audio": "it replaces a modality of "
+    "the pickle given with --from", "--vision": "it replaces a modality of the pickle given with --from",
+    "--features": "it names the .csd files of --csd DIR", "--tolerance": "it applies to .csd alignment "
+    "(--csd DIR or --source mmsdk)",
+}
 
 
 def download_table(report: DownloadReport) -> Table:

@@ -16,6 +16,7 @@ from rich.table import Table
 from msmix_cli.cli.app import app, err, out, reports_errors
 from msmix_cli.cli.progress import TrainingProgress
 from msmix_cli.data.loading import data_root_default
+from msmix_cli.data.specs import DATASETS
 from msmix_cli.errors import BadInput
 from msmix_cli.models import count_parameters
 from msmix_cli.recipes import Recipe, resolve_recipe
@@ -65,7 +66,8 @@ def default_run_name(recipe: Recipe) -> str:
 @reports_errors
 @distributed.joins_process_group
 def train(
-    dataset: Optional[str] = typer.Option(None, help="synth (built-in), mosi, mosei or sims."),
+    dataset: Optional[str] = typer.Option(None, help="synth (built-in), mosi, mosei, sims, simsv2, or the --name of "
+                                          "an import (msmix preprocess --from FILE.pkl --name NAME)."),
     backbone: Optional[str] = typer.Option(None, help="tfn, lmf, mult, misa, almt or glomo."),
     mix: Optional[str] = typer.Option(None, help="none, mixup, manifold or msmix."),
     recipe: Optional[Path] = typer.Option(None, help="A YAML recipe; default recipes/<dataset>-<backbone>.yaml."),
@@ -96,6 +98,7 @@ def train(
     if nproc > 1 and not distributed.launched_by_torchrun():
         raise typer.Exit(distributed.launch(nproc, sys.argv[1:]))
     root = data_root or data_root_default()
+    DATASETS.use_data_root(root)  # where imported datasets are looked up
     if resume is not None:
         given = [flag for flag, value in (("--recipe", recipe), ("--set", set_), ("--dataset", dataset), ("--backbone", backbone),
                                           ("--mix", mix), ("--seed", seed), ("--device", device), ("--max-epochs", max_epochs),
@@ -176,8 +179,9 @@ def evaluate(
     paths = [p for p in run_dirs if p.is_dir()] if len(run_dirs) > 1 else run_dirs
     if not paths:
         raise BadInput("none of the given paths is a run directory")
-    runs = [RunDir.open(path) for path in paths]
     root = data_root or data_root_default()
+    DATASETS.use_data_root(root)
+    runs = [RunDir.open(path) for path in paths]
     rows = [{"run": run.path.name, **evaluate_run(run, data_root=root, split=split, device=device, perturb=perturbation.build()),
              "perturbation": perturbation.describe()} for run in runs]  # build() per run: every run sees the same noise
     if len(paths) < len(run_dirs):  # said once the runs are evaluated, so that an error stays the only line

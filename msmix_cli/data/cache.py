@@ -2,7 +2,8 @@
 
 One HDF5 file per dataset and setting, `<data-root>/cache/<dataset>-<setting>.h5`:
     attrs:  format="msmix-cache", version=1, dataset, setting, label_range (float),
-            provenance (JSON string: sources with SHA-256, settings, msmix version)
+            provenance (JSON string: sources with SHA-256, settings, msmix version),
+            like (imported datasets only: the published dataset whose recipes and metrics it uses)
     /train, /valid, /test, each a group of datasets, all contiguous (no chunks, no compression) so a
     reader can read any row at a known file offset:
         text, audio, vision                     float32 (N, L_m, D_m), zero-padded at the end
@@ -36,6 +37,7 @@ from msmix_cli.types import MODALITIES, Batch, DataShape, Multimodal
 FORMAT = "msmix-cache"
 VERSION = 1
 SPLITS = ("train", "valid", "test")
+IMPORTABLE_SETTINGS = ("aligned", "unaligned")
 UNIMODAL = ("T", "A", "V")
 FINITE_CHECK_ROWS = 512  # rows checked at a time: bounds the boolean temporaries for a MOSEI-sized split
 LABEL_TOLERANCE = 1e-4  # labels stored as float32 may sit a rounding step outside the range
@@ -63,14 +65,19 @@ def cache_path(data_root: Path, dataset: str, setting: str) -> Path:
 
 
 def write_cache(path: str | Path, *, dataset: str, setting: str, splits: Mapping[str, SplitArrays],
-                label_range: float, provenance: Mapping[str, Any]) -> Path:
-    """Validate `splits` completely, then write them atomically: a failure leaves no file (and no old one lost)."""
+                label_range: float, provenance: Mapping[str, Any], like: str | None = None) -> Path:
+    """Validate `splits` completely, then write them atomically: a failure leaves no file (and no old one lost).
+
+    `like` marks an imported dataset: the published dataset whose recipes and metric set it uses.
+    """
     target = Path(path)
     _check_splits(target, splits, label_range)
     with atomic_path(target) as tmp:
         with h5py.File(tmp, "w") as handle:
             handle.attrs.update({"format": FORMAT, "version": VERSION, "dataset": dataset, "setting": setting,
                                  "label_range": float(label_range), "provenance": json.dumps(dict(provenance))})
+            if like is not None:
+                handle.attrs["like"] = like
             for name in SPLITS:
                 _write_split(handle.create_group(name), splits[name])
     return target
@@ -150,6 +157,39 @@ def _all_finite(x: np.ndarray) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class CacheSummary:
+    """What a cache says of its dataset without reading any data: enough to build networks for it."""
+
+    path: Path
+    dataset: str
+    setting: str
+    label_range: float
+    like: str | None
+    dims: dict[str, int]
+    seq_lens: dict[str, int]
+    splits: dict[str, int]
+    unimodal_labels: bool
+
+
+def read_summary(path: str | Path) -> CacheSummary:
+    """A cache's attributes and array shapes (metadata only); `open_cache` validates the data when it loads."""
+    path = Path(path)
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise BadInput(f"{path}: not a readable HDF5 file, perhaps truncated or damaged ({first_line(error)})") from None
+    with handle, damage_as_bad_input(path):
+        _check_layout(path, handle)
+        attrs, train = handle.attrs, handle["train"]
+        return CacheSummary(
+            path, _text_attr(attrs["dataset"]), _text_attr(attrs["setting"]), float(attrs["label_range"]),
+            _text_attr(attrs["like"]) if "like" in attrs else None,
+            {m: int(train[m].shape[2]) for m in MODALITIES}, {m: int(train[m].shape[1]) for m in MODALITIES},
+            {name: int(handle[name]["id"].shape[0]) for name in SPLITS},
+            all(f"label_{key}" in train for key in UNIMODAL))
 
 
 @dataclass(frozen=True)

@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Mapping
 
 from msmix_cli import __version__
 from msmix_cli.data.cache import CacheFile, cache_path, open_cache, write_cache
-from msmix_cli.data.specs import DATASETS, DatasetSpec
+from msmix_cli.data.specs import DATASETS, DatasetSpec, data_root_default  # noqa: F401 (the CLI's import point)
 from msmix_cli.data.synth import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, GENERATOR_VERSION, SPEC as SYNTH, generate_synth
 from msmix_cli.errors import BadInput
-
-DATA_ROOT_ENV = "MSMIX_DATA_ROOT"
-
-
-def data_root_default() -> Path:
-    """$MSMIX_DATA_ROOT when set, else ./data."""
-    return Path(os.environ.get(DATA_ROOT_ENV) or "data")
-
 
 def load_dataset(name: str, *, setting: str | None, data_root: Path, samples: int | None = None, data_seed: int = 0,
                  synth_dims: Mapping[str, int] | None = None, synth_seq_len: int | None = None,
@@ -32,7 +23,7 @@ def load_dataset(name: str, *, setting: str | None, data_root: Path, samples: in
     named by a hash of them and generated when missing. A real dataset's cache must exist already.
     `in_memory=False` keeps features on disk (see `open_cache`).
     """
-    spec = DATASETS.get(name)
+    spec = DATASETS.get(name, data_root)
     setting = _resolve_setting(spec, setting)
     if name == SYNTH.name:
         path = _synth_cache(Path(data_root), samples, data_seed, synth_dims, synth_seq_len)

@@ -94,7 +94,12 @@ def read_mmsa(path: Path, spec: DatasetSpec, setting: str,
 
     `label_table` (CH-SIMS' label.csv) supplies T/A/V labels when the dataset has them but the pickle does not.
     """
-    content = load_pickle(path)
+    return read_mmsa_content(load_pickle(path), path, spec, setting, label_table)
+
+
+def read_mmsa_content(content: Any, path: Path, spec: DatasetSpec, setting: str,
+                      label_table: Mapping[str, ClipLabels] | None = None) -> MmsaData:
+    """`read_mmsa` on a pickle already loaded from `path` (the splits are taken out of `content`)."""
     if not isinstance(content, dict) or any(s not in content for s in SPLITS):
         found = [str(k) for k in content] if isinstance(content, dict) else type(content).__name__
         raise BadInput(f"{path}: expected a dict with splits {', '.join(SPLITS)}; found {found}")

@@ -2,14 +2,20 @@
 
 What the SDK's `align` computes, and what this module reproduces (FORMATS.md):
 - word level: for each word interval [r0, r1], the rows of another sequence whose interval, clipped to the
-  word, keeps more than EPSILON seconds are averaged (plain mean of their features); a word that no row
+  word, keeps more than `tolerance` seconds are averaged (plain mean of their features); a word that no row
   overlaps gets zeros. The word vectors themselves are the text features (the reference keeps its own row).
 - segments: the label intervals cut every sequence; a segment keeps, in time order, the rows that overlap
-  it by more than EPSILON (words for the aligned setting, each modality's own frames for the unaligned one).
+  it by more than `tolerance` (words for the aligned setting, each modality's own frames for the unaligned one).
   A segment that keeps no row of some modality is dropped, as the SDK's `unify` drops it.
 - padding: a segment keeps its FIRST L rows and is zero-padded at the END. This is MMSA's convention and
   the cache's (valid steps first, then padding), not the SDK's default (last L rows, padded on the left).
 - NaN and ±inf feature values (COVAREP holds -inf) become 0 before averaging, and are counted.
+
+The tolerance. The SDK's `align` uses one `epsilon` for every comparison above. Its GitHub code has used
+1e-5 s since commit 399de1e (December 2019); from September 2018 until then it used 1e-3 s, and so does the
+release on PyPI (cmu-multimodal-sdk 0.0.6). The two give different rows: on the real MOSI files, 356 of the
+1811 word rows of COVAREP differ (issue 13). msmix defaults to 1e-3, so that its output matches the SDK a
+user installs with pip row for row; `tolerance=1e-5` reproduces the GitHub code.
 
 Speed: rows are sorted by start, so the rows overlapping an interval form one contiguous range found
 with `searchsorted`, and a mean over a range is a difference of block sums: one pass over the n rows plus
@@ -33,7 +39,7 @@ from msmix_cli.data.cache import SplitArrays, damage_as_bad_input
 from msmix_cli.errors import BadInput, first_line
 from msmix_cli.types import MODALITIES
 
-EPSILON = 1e-5  # seconds; an overlap this short or shorter does not count (the SDK's tolerance, FORMATS.md)
+DEFAULT_TOLERANCE = 1e-3  # seconds; an overlap this short or shorter does not count (see the module's docstring)
 SPLITS = ("train", "valid", "test")
 DENSE_BLOCK = 1 << 22  # elements of one block of the fallback overlap matrix (4 MiB of bools)
 
@@ -42,7 +48,7 @@ DENSE_BLOCK = 1 << 22  # elements of one block of the fallback overlap matrix (4
 class Track:
     """One video's rows of one sequence: clean intervals sorted by start, and their features."""
 
-    intervals: np.ndarray  # (n, 2) float64, finite, each longer than EPSILON
+    intervals: np.ndarray  # (n, 2) float64, finite, each longer than the tolerance
     features: np.ndarray  # (n, D) float32, finite
 
 
@@ -135,10 +141,11 @@ def standard_folds(dataset: str) -> dict[str, list[str]]:
     return {split: list(folds[split]) for split in SPLITS}
 
 
-def clean_track(intervals: np.ndarray, features: np.ndarray) -> tuple[Track, int]:
+def clean_track(intervals: np.ndarray, features: np.ndarray,
+                tolerance: float = DEFAULT_TOLERANCE) -> tuple[Track, int]:
     """Sort by start, drop rows that can overlap nothing, zero NaN/inf; return the track and the zeroed count."""
     with np.errstate(over="ignore", invalid="ignore"):  # the length of (-1e308, 1e308) is inf, still a length
-        keep = np.all(np.isfinite(intervals), axis=1) & (intervals[:, 1] - intervals[:, 0] > EPSILON)
+        keep = np.all(np.isfinite(intervals), axis=1) & (intervals[:, 1] - intervals[:, 0] > tolerance)
     if not keep.all():
         intervals, features = intervals[keep], features[keep]
     if not _sorted(intervals):  # released files are in time order: skip the copy then
@@ -157,33 +164,34 @@ def _sorted(intervals: np.ndarray) -> bool:
     return bool(np.all((starts > 0) | ((starts == 0) & (ends >= 0))))
 
 
-def overlap_ranges(reference: np.ndarray, track: Track) -> tuple[np.ndarray, np.ndarray] | None:
-    """[lo, hi) of the track rows overlapping each reference interval by more than EPSILON.
+def overlap_ranges(reference: np.ndarray, track: Track,
+                   tolerance: float = DEFAULT_TOLERANCE) -> tuple[np.ndarray, np.ndarray] | None:
+    """[lo, hi) of the track rows overlapping each reference interval by more than `tolerance`.
 
-    The rows are sorted by start; when their ends are sorted too, the rows that end after r0 + EPSILON form a
-    suffix and those that start before r1 - EPSILON a prefix, so their overlap is one range. None otherwise.
+    The rows are sorted by start; when their ends are sorted too, the rows that end after r0 + tolerance form
+    a suffix and those that start before r1 - tolerance a prefix, so their overlap is one range. None otherwise.
     """
     starts, ends = track.intervals[:, 0], track.intervals[:, 1]
     if np.any(np.diff(ends) < 0):
         return None
-    lo = np.searchsorted(ends, reference[:, 0] + EPSILON, side="right")
-    hi = np.searchsorted(starts, reference[:, 1] - EPSILON, side="left")
-    long_enough = reference[:, 1] - reference[:, 0] > EPSILON
+    lo = np.searchsorted(ends, reference[:, 0] + tolerance, side="right")
+    hi = np.searchsorted(starts, reference[:, 1] - tolerance, side="left")
+    long_enough = reference[:, 1] - reference[:, 0] > tolerance
     return lo, np.where(long_enough, np.maximum(hi, lo), lo)
 
 
-def overlap_matrix(reference: np.ndarray, track: Track) -> np.ndarray:
-    """(m, n) bool: row j of the track overlaps reference interval i by more than EPSILON."""
+def overlap_matrix(reference: np.ndarray, track: Track, tolerance: float = DEFAULT_TOLERANCE) -> np.ndarray:
+    """(m, n) bool: row j of the track overlaps reference interval i by more than `tolerance`."""
     starts, ends = track.intervals[:, 0], track.intervals[:, 1]
     overlap = np.minimum(ends[None, :], reference[:, 1:2]) - np.maximum(starts[None, :], reference[:, 0:1])
-    return overlap > EPSILON
+    return overlap > tolerance
 
 
-def overlap_mean(reference: np.ndarray, track: Track) -> np.ndarray:
+def overlap_mean(reference: np.ndarray, track: Track, tolerance: float = DEFAULT_TOLERANCE) -> np.ndarray:
     """(m, D) float32: per reference interval, the mean of the overlapping rows' features; zeros where none."""
-    ranges = overlap_ranges(reference, track)
+    ranges = overlap_ranges(reference, track, tolerance)
     if ranges is None:
-        return _overlap_mean_blocked(reference, track)
+        return _overlap_mean_blocked(reference, track, tolerance)
     lo, hi = ranges
     counts = np.maximum(hi - lo, 1)[:, None]
     return (range_sums(track.features, lo, hi) / counts).astype(np.float32)
@@ -206,23 +214,24 @@ def range_sums(features: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarr
     return prefix[np.searchsorted(bounds, hi)] - prefix[np.searchsorted(bounds, lo)]
 
 
-def _overlap_mean_blocked(reference: np.ndarray, track: Track) -> np.ndarray:
+def _overlap_mean_blocked(reference: np.ndarray, track: Track, tolerance: float) -> np.ndarray:
     rows = max(1, DENSE_BLOCK // max(1, track.features.shape[0]))
     out = np.zeros((reference.shape[0], track.features.shape[1]), dtype=np.float32)
     for start in range(0, reference.shape[0], rows):
-        mask = overlap_matrix(reference[start:start + rows], track)
+        mask = overlap_matrix(reference[start:start + rows], track, tolerance)
         sums = mask.astype(np.float64) @ track.features.astype(np.float64)
         out[start:start + rows] = sums / np.maximum(mask.sum(axis=1), 1)[:, None]
     return out
 
 
-def segment_rows(segments: np.ndarray, track: Track, length: int) -> tuple[np.ndarray, np.ndarray]:
+def segment_rows(segments: np.ndarray, track: Track, length: int,
+                 tolerance: float = DEFAULT_TOLERANCE) -> tuple[np.ndarray, np.ndarray]:
     """Cut a track by segment intervals: ((k, length, D) first rows, zero-padded at the end; (k,) rows found)."""
     k, dim = segments.shape[0], track.features.shape[1]
     out = np.zeros((k, length, dim), dtype=np.float32)
-    ranges = overlap_ranges(segments, track)
+    ranges = overlap_ranges(segments, track, tolerance)
     if ranges is None:
-        mask = overlap_matrix(segments, track)
+        mask = overlap_matrix(segments, track, tolerance)
         found = mask.sum(axis=1)
         for i in range(k):  # one iteration per segment (a handful per video), not per row
             rows = np.flatnonzero(mask[i])[:length]
@@ -287,8 +296,10 @@ class _Segments:
 class _Builder:
     """Turns four open sequences (text, audio, vision, labels) into the three splits of one setting."""
 
-    def __init__(self, sequences: Mapping[str, Csd], setting: str, seq_lens: Mapping[str, int], label_range: float):
+    def __init__(self, sequences: Mapping[str, Csd], setting: str, seq_lens: Mapping[str, int], label_range: float,
+                 tolerance: float):
         self.sequences, self.setting, self.seq_lens, self.label_range = sequences, setting, seq_lens, label_range
+        self.tolerance = tolerance
         self.replaced = {m: 0 for m in MODALITIES}
         self.truncated = {m: 0 for m in MODALITIES}
         self.dropped: dict[str, int] = {}
@@ -311,11 +322,11 @@ class _Builder:
         if self.setting == "aligned":
             words = tracks["text"]
             aligned = {"text": words.features,
-                       **{m: overlap_mean(words.intervals, tracks[m]) for m in ("audio", "vision")}}
+                       **{m: overlap_mean(words.intervals, tracks[m], self.tolerance) for m in ("audio", "vision")}}
             tracks = {m: Track(words.intervals, aligned[m]) for m in MODALITIES}
         features, lengths = {}, {}
         for m in MODALITIES:
-            features[m], found = segment_rows(segments.intervals, tracks[m], self.seq_lens[m])
+            features[m], found = segment_rows(segments.intervals, tracks[m], self.seq_lens[m], self.tolerance)
             self.truncated[m] += int(np.count_nonzero(found > self.seq_lens[m]))
             lengths[m] = np.minimum(found, self.seq_lens[m]).astype(np.int32)
         keep = np.all([lengths[m] > 0 for m in MODALITIES], axis=0)
@@ -323,7 +334,7 @@ class _Builder:
         return features, lengths, keep
 
     def _track(self, modality: str, video: str) -> Track:
-        track, replaced = clean_track(*self.sequences[modality].read(video))
+        track, replaced = clean_track(*self.sequences[modality].read(video), self.tolerance)
         self.replaced[modality] += replaced
         return track
 
@@ -334,13 +345,16 @@ class _Builder:
 
 def read_mmsdk(paths: Mapping[str, Path], *, setting: str, seq_lens: Mapping[str, int], dims: Mapping[str, int],
                columns: Mapping[str, Sequence[int] | None], folds: Mapping[str, Sequence[str]], label_range: float,
-               progress: Callable[[int, int], None] | None = None) -> MmsdkData:
+               tolerance: float = DEFAULT_TOLERANCE, progress: Callable[[int, int], None] | None = None) -> MmsdkData:
     """Align, segment and split the four sequences (`paths`: text, audio, vision, labels -> .csd file).
 
-    `dims` gives the expected widths of audio and vision (after `columns`); the text width is the file's.
+    `dims` gives the expected widths of audio and vision (after `columns`; absent: any width); the text width
+    is the file's. `tolerance` (seconds): an overlap this short or shorter does not count.
     """
+    if not (0 <= tolerance < 1):
+        raise BadInput(f"the overlap tolerance must lie in [0, 1) seconds; got {tolerance:g}")
     with _open_all(paths, dims, columns) as sequences:
-        builder = _Builder(sequences, setting, seq_lens, label_range)
+        builder = _Builder(sequences, setting, seq_lens, label_range, tolerance)
         plan = _plan(sequences, folds, builder)
         widths = {m: sequences[m].dim for m in MODALITIES}
         buffers = {split: _SplitBuffer.allocate(sum(len(s.ids) for s in plan[split].values()), seq_lens, widths)

@@ -22,7 +22,7 @@ from msmix_cli import __version__
 from msmix_cli.data.cache import SplitArrays, cache_path, write_cache
 from msmix_cli.data.download import sha256_of
 from msmix_cli.data.mmsa import read_mmsa
-from msmix_cli.data.mmsdk import EPSILON, read_mmsdk, standard_folds
+from msmix_cli.data.mmsdk import DEFAULT_TOLERANCE, read_mmsdk, standard_folds
 from msmix_cli.data.sims import read_label_csv
 from msmix_cli.data.specs import DATASETS, DatasetSpec, RemoteFile, raw_dir
 from msmix_cli.errors import BadInput
@@ -44,20 +44,29 @@ class PreprocessReport:
     notes: list[str] = field(default_factory=list)  # what was changed on the way, in words
 
 
+@dataclass(frozen=True)
+class InputFile:
+    path: Path
+    published_sha256: str | None = None
+
+
 @dataclass
-class _Read:
+class ReadSplits:
+    """What a reader made of its input files, before normalisation and writing."""
+
     splits: dict[str, SplitArrays]
-    inputs: list[RemoteFile]
+    inputs: list[InputFile]
     facts: dict[str, Any]  # recorded in the provenance
     notes: list[str]
 
 
 def preprocess(dataset: str, *, data_root: Path, source: str | None = None, setting: str | None = None,
                normalize: bool = False, folds: Mapping[str, list[str]] | None = None,
-               progress: ProgressCallback | None = None) -> PreprocessReport:
+               tolerance: float = DEFAULT_TOLERANCE, progress: ProgressCallback | None = None) -> PreprocessReport:
     """Read `dataset`'s raw files of `source` (default: the dataset's first) and write its `setting` cache.
 
-    `folds` (split -> video ids) replaces the standard folds for the mmsdk source.
+    `folds` (split -> video ids) replaces the standard folds and `tolerance` the overlap tolerance (seconds)
+    of the mmsdk source.
     """
     spec = DATASETS.get(dataset)
     source = source or spec.default_source
@@ -72,15 +81,22 @@ def preprocess(dataset: str, *, data_root: Path, source: str | None = None, sett
     if source == "mmsa":
         read = _read_mmsa(spec, setting, folder)
     elif source == "mmsdk":
-        read = _read_mmsdk(spec, setting, folder, folds, report)
+        read = _read_mmsdk(spec, setting, folder, folds, tolerance, report)
     else:
         raise BadInput(f"msmix has no reader for source {source!r}")
+    return write_splits(read, data_root=data_root, dataset=dataset, source=source, setting=setting,
+                        label_range=spec.label_range, normalize=normalize, report=report)
+
+
+def write_splits(read: ReadSplits, *, data_root: Path, dataset: str, source: str, setting: str, label_range: float,
+                 normalize: bool, report: ProgressCallback, like: str | None = None) -> PreprocessReport:
+    """Normalise (when asked), hash the inputs into the provenance and write the cache of `dataset` `setting`."""
     if normalize:
         normalize_features(read.splits)
         read.notes.append("features normalised with training-split statistics")
-    provenance = _provenance(spec, source, setting, normalize, folder, read, report)
+    provenance = _provenance(dataset, source, setting, normalize, read, report)
     target = write_cache(cache_path(data_root, dataset, setting), dataset=dataset, setting=setting, splits=read.splits,
-                         label_range=spec.label_range, provenance=provenance)
+                         label_range=label_range, provenance=provenance, like=like)
     train = read.splits["train"]
     return PreprocessReport(Path(target), dataset, source, setting, {s: len(a.ids) for s, a in read.splits.items()},
                             {m: (int(train.features[m].shape[1]), int(train.features[m].shape[2])) for m in MODALITIES},
@@ -94,65 +110,74 @@ def _require(folder: Path, remote: RemoteFile, how: str) -> Path:
     return path
 
 
-def _read_mmsa(spec: DatasetSpec, setting: str, folder: Path) -> _Read:
+def _read_mmsa(spec: DatasetSpec, setting: str, folder: Path) -> ReadSplits:
     remote = spec.file_for("mmsa", setting)
     if remote is None:
         raise BadInput(f"{spec.name} has no MMSA pickle for the {setting} setting")
     path = _require(folder, remote, f"import MMSA's pickle with `msmix download --dataset {spec.name} --from PATH`")
-    inputs = [remote]
+    inputs = [InputFile(path, remote.sha256)]
     table_file = spec.file_for("mmsa", "label_csv")
     table = None
     if table_file is not None and (folder / table_file.name).is_file():
         table = read_label_csv(folder / table_file.name)
-        inputs.append(table_file)
+        inputs.append(InputFile(folder / table_file.name, table_file.sha256))
     data = read_mmsa(path, spec, setting, table)
     notes = _nonfinite_notes(data.replaced_nonfinite)
     if data.clipped_lengths:
         notes.append(f"{data.clipped_lengths} lengths beyond the padded size clipped to it")
     facts = {"replaced_nonfinite": data.replaced_nonfinite, "clipped_lengths": data.clipped_lengths,
              "lengths": "text: BERT input mask (else last non-zero step); aligned audio/vision: the text length"}
-    return _Read(data.splits, inputs, facts, notes)
+    return ReadSplits(data.splits, inputs, facts, notes)
 
 
 def _read_mmsdk(spec: DatasetSpec, setting: str, folder: Path, folds: Mapping[str, list[str]] | None,
-                report: ProgressCallback) -> _Read:
+                tolerance: float, report: ProgressCallback) -> ReadSplits:
     files = {f.role: f for f in spec.source_files("mmsdk")}
     how = f"fetch the computational sequences with `msmix download --dataset {spec.name} --source mmsdk`"
     paths = {role: _require(folder, files[role], how) for role in (*MODALITIES, "labels")}
-    data = read_mmsdk(paths, setting=setting, seq_lens=spec.seq_lens[setting], dims=spec.dims,
-                      columns={role: f.columns for role, f in files.items()}, folds=folds or standard_folds(spec.name),
-                      label_range=spec.label_range, progress=lambda done, total: report("aligning", done, total))
+    return read_csd_files(paths, setting=setting, seq_lens=spec.seq_lens[setting], dims=spec.dims,
+                          columns={role: f.columns for role, f in files.items()}, label_range=spec.label_range,
+                          folds=folds, standard=spec.name, tolerance=tolerance, report=report)
+
+
+def read_csd_files(paths: Mapping[str, Path], *, setting: str, seq_lens: Mapping[str, int], dims: Mapping[str, int],
+                   columns: Mapping[str, Any], label_range: float, folds: Mapping[str, list[str]] | None,
+                   standard: str, tolerance: float, report: ProgressCallback) -> ReadSplits:
+    """Align and cut the four sequences `paths` (role -> file); `folds` None: the standard folds of `standard`."""
+    data = read_mmsdk(paths, setting=setting, seq_lens=seq_lens, dims=dims, columns=columns,
+                      folds=folds or standard_folds(standard), label_range=label_range, tolerance=tolerance,
+                      progress=lambda done, total: report("aligning", done, total))
     notes = _nonfinite_notes(data.replaced_nonfinite)
     notes += [f"{count} segments dropped: {reason}" for reason, count in data.dropped.items()]
-    notes += [f"{count} {m} sequences longer than {spec.seq_lens[setting][m]} steps cut to their first steps"
+    notes += [f"{count} {m} sequences longer than {seq_lens[m]} steps cut to their first steps"
               for m, count in data.truncated.items() if count]
     facts = {
         "replaced_nonfinite": data.replaced_nonfinite, "dropped_segments": data.dropped, "truncated": data.truncated,
-        "text_features": f"word vectors of {files['text'].name} ({data.text_dim}-d)",
+        "text_features": f"word vectors of {paths['text'].name} ({data.text_dim}-d)",
         "alignment": "word-level, mean of overlapping rows" if setting == "aligned" else "none (segments cut only)",
-        "overlap_epsilon": EPSILON, "padding": "end (first L steps kept)",
-        "columns": {role: list(f.columns) for role, f in files.items() if f.columns is not None},
-        "folds": "standard (CMU Multimodal SDK)" if folds is None else "custom",
+        "overlap_tolerance": tolerance, "padding": "end (first L steps kept)",
+        "columns": {role: list(c) for role, c in columns.items() if c is not None},
+        "folds": f"standard ({standard}, CMU Multimodal SDK)" if folds is None else "custom",
     }
-    return _Read(data.splits, list(files.values()), facts, notes)
+    return ReadSplits(data.splits, [InputFile(paths[role]) for role in (*MODALITIES, "labels")], facts, notes)
 
 
 def _nonfinite_notes(replaced: Mapping[str, int]) -> list[str]:
     return [f"{count} NaN/inf {m} values set to 0" for m, count in replaced.items() if count]
 
 
-def _provenance(spec: DatasetSpec, source: str, setting: str, normalize: bool, folder: Path, read: _Read,
+def _provenance(dataset: str, source: str, setting: str, normalize: bool, read: ReadSplits,
                 report: ProgressCallback) -> dict[str, Any]:
     files = []
-    for number, remote in enumerate(read.inputs, 1):
+    for number, item in enumerate(read.inputs, 1):
         report("hashing", number - 1, len(read.inputs))
-        path = folder / remote.name
-        digest = sha256_of(path)
-        files.append({"name": remote.name, "bytes": path.stat().st_size, "sha256": digest,
-                      "published_sha256": remote.sha256,
-                      "matches_published": None if remote.sha256 is None else digest == remote.sha256})
+        digest = sha256_of(item.path)
+        published = item.published_sha256
+        files.append({"name": item.path.name, "bytes": item.path.stat().st_size, "sha256": digest,
+                      "published_sha256": published,
+                      "matches_published": None if published is None else digest == published})
     report("hashing", len(read.inputs), len(read.inputs))
-    return {"source": source, "dataset": spec.name, "setting": setting, "files": files, "normalize": normalize,
+    return {"source": source, "dataset": dataset, "setting": setting, "files": files, "normalize": normalize,
             **read.facts, "msmix_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 

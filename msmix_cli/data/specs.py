@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from msmix_cli.data.cache import IMPORTABLE_SETTINGS, cache_path, read_summary
 from msmix_cli.errors import BadInput
 from msmix_cli.registry import Registry
+
+DATA_ROOT_ENV = "MSMIX_DATA_ROOT"
+# An imported dataset's name becomes part of its cache's file name: one plain file-name component.
+IMPORTED_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 MMSDK_BASE_URL = "http://immortal.multicomp.cs.cmu.edu/"
 # The MMSA feature pickles live in this Google Drive folder (and on Baidu); neither allows a scripted download.
 MMSA_DRIVE_FOLDER = "https://drive.google.com/drive/folders/1A2S4pqCHryGmiqnNSPLv7rEg63WvjCSk"
+MMSA_BY_HAND = f"the MMSA Google Drive folder {MMSA_DRIVE_FOLDER} (or MMSA's Baidu mirror)"
+# CH-SIMS v2's authors share its pickle in their own folder (thuiar/ch-sims-v2, README), also mirrored on Baidu.
+SIMSV2_BY_HAND = ("the CH-SIMS v2 Google Drive folder https://drive.google.com/drive/folders/"
+                  "1wFvGS0ebKRvT3q6Xolot-sDtCNfz7HRA (or its Baidu mirror, see github.com/thuiar/ch-sims-v2)")
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,9 @@ class DatasetSpec:
     metric_set: str  # "mosi" (MOSI/MOSEI metrics) or "sims" (CH-SIMS metrics)
     unimodal_labels: bool = False  # True when every sample also has T, A and V labels (CH-SIMS)
     sources: dict[str, tuple[RemoteFile, ...]] = field(default_factory=dict)  # source kind -> files
+    # An imported dataset trains with the shipped recipes of this published one (and keeps its metric set)
+    like: str | None = None
+    by_hand: str = MMSA_BY_HAND  # where a user gets the files that have no scripted download
 
     @property
     def settings(self) -> list[str]:
@@ -57,7 +71,55 @@ class DatasetSpec:
         return next((f for f in self.source_files(source) if f.role == role), None)
 
 
-DATASETS: Registry[DatasetSpec] = Registry("dataset")
+def data_root_default() -> Path:
+    """$MSMIX_DATA_ROOT when set, else ./data."""
+    return Path(os.environ.get(DATA_ROOT_ENV) or "data")
+
+
+class DatasetRegistry(Registry[DatasetSpec]):
+    """The published datasets, then those a user imported, found by their caches under the data root.
+
+    A process works with one data root: $MSMIX_DATA_ROOT or ./data, or what a command's `--data-root` gave
+    `use_data_root`. `get(name, data_root)` looks under another root for that one lookup.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("dataset")
+        self.data_root: Path | None = None
+
+    def use_data_root(self, data_root: Path) -> None:
+        self.data_root = Path(data_root)
+
+    def get(self, name: str, data_root: Path | None = None) -> DatasetSpec:
+        if name in self:
+            return super().get(name)
+        root = Path(data_root) if data_root is not None else self.data_root or data_root_default()
+        spec = imported_spec(root, name) if IMPORTED_NAME.fullmatch(name) else None
+        if spec is None:
+            raise BadInput(f"unknown dataset {name!r}; choose one of: {', '.join(self.names())}, or a dataset "
+                           f"imported into {root / 'cache'} (`msmix preprocess --from FILE.pkl --name {name}`)")
+        return spec
+
+
+DATASETS = DatasetRegistry()
+
+
+def imported_spec(data_root: Path, name: str) -> DatasetSpec | None:
+    """The record of dataset `name` imported under `data_root`, read from its caches' attributes; None if none."""
+    summaries = [read_summary(path) for setting in IMPORTABLE_SETTINGS
+                 if (path := cache_path(data_root, name, setting)).is_file()]
+    summaries = [s for s in summaries if s.dataset == name and s.like is not None]
+    if not summaries:
+        return None
+    first = summaries[0]
+    for other in summaries[1:]:
+        if other.dims != first.dims or other.label_range != first.label_range or other.like != first.like:
+            raise BadInput(f"{other.path} and {first.path} disagree on feature widths, label range or recipes; "
+                           f"import {name} again")
+    like = DATASETS.get(first.like)
+    return DatasetSpec(name=name, dims=dict(first.dims), seq_lens={s.setting: dict(s.seq_lens) for s in summaries},
+                       splits=dict(first.splits), label_range=first.label_range, metric_set=like.metric_set,
+                       unimodal_labels=first.unimodal_labels, like=like.name)
 
 
 def raw_dir(data_root: Path, dataset: str) -> Path:
@@ -150,4 +212,25 @@ _add(DatasetSpec(
             RemoteFile("label.csv", None, role="label_csv", required=False),
         ),
     },
+))
+_add(DatasetSpec(
+    # CH-SIMS v2.0 (Liu et al., ICMI 2022), its supervised part. Widths and padded lengths are those of the
+    # released `ch-simsv2s.pkl` as its authors' code reads it (thuiar/ch-sims-v2, config/config_regression.py:
+    # seq_lens (50, 925, 232), feature_dims (768, 25, 177), 2722 training clips); MMSA's config lists SIMS's
+    # numbers for simsv2, but its loader takes the shapes from the file. Splits: the dataset paper's.
+    name="simsv2",
+    dims={"text": 768, "audio": 25, "vision": 177},
+    seq_lens={"unaligned": {"text": 50, "audio": 925, "vision": 232}},
+    splits={"train": 2722, "valid": 647, "test": 1034},
+    label_range=1.0,
+    metric_set="sims",
+    unimodal_labels=True,
+    sources={
+        "mmsa": (
+            # The authors publish no checksum: preprocess records the SHA-256 of the file it read.
+            RemoteFile("ch-simsv2s.pkl", None, None, role="unaligned"),
+            RemoteFile("label.csv", None, role="label_csv", required=False),
+        ),
+    },
+    by_hand=SIMSV2_BY_HAND,
 ))

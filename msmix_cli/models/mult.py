@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from msmix_cli.errors import BadInput
 from msmix_cli.models.base import BACKBONES, Backbone, HeadOutput, Latents
 from msmix_cli.models.blocks import TransformerEncoder, last_valid_step, valid_lengths
 from msmix_cli.types import MODALITIES, Batch, DataShape, Multimodal
@@ -73,6 +74,12 @@ class MulT(Backbone):
         super().__init__(config, shape)
         d = config.d_model
         self.kernels = dict(zip(MODALITIES, config.conv_kernels))
+        if any(shape.seq_lens[m] < self.kernels[m] for m in MODALITIES):
+            # an unpadded convolution needs a whole window: say so now, not as a torch error mid-epoch
+            steps = ", ".join(f"{m} {shape.seq_lens[m]}" for m in MODALITIES)
+            raise BadInput(f"MulT's temporal convolutions (kernels {', '.join(map(str, config.conv_kernels))}) need at "
+                           f"least that many steps per modality and the data has {steps}: shorten them, e.g. "
+                           "--set 'model.conv_kernels=[1,1,1]'")
         attn_dropout = dict(zip(MODALITIES, config.attn_dropouts))
         self.latent_dims = {m: d for m in MODALITIES}
         self.text_dropout = nn.Dropout(config.text_dropout)

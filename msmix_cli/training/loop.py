@@ -51,18 +51,20 @@ def build(recipe: Recipe, data_root: Path, device_name: str | None = None) -> Se
     device = distributed.rank_device(resolve_device(device_name or recipe.train.device))
     configure_threads(recipe.train.threads, distributed.ranks().local_world)
     data = load_dataset(recipe.data.dataset, setting=recipe.data.setting, data_root=data_root,
-                        samples=recipe.data.samples, data_seed=recipe.data.data_seed, in_memory=keeps_in_memory(recipe))
+                        samples=recipe.data.samples, data_seed=recipe.data.data_seed,
+                        in_memory=keeps_in_memory(recipe, data_root))
     model, mixer = build_networks(recipe, data.shape)
     if recipe.train.compile:
         compile_backbone(model)
-    return Setup(recipe, data, model.to(device), mixer.to(device), device, DATASETS.get(recipe.data.dataset).metric_set)
+    metric_set = DATASETS.get(recipe.data.dataset, data_root).metric_set
+    return Setup(recipe, data, model.to(device), mixer.to(device), device, metric_set)
 
 
-def keeps_in_memory(recipe: Recipe) -> bool:
+def keeps_in_memory(recipe: Recipe, data_root: Path | None = None) -> bool:
     """`data.in_memory`, or by default: in memory unless the features would take more than IN_MEMORY_LIMIT."""
     if recipe.data.in_memory is not None:
         return recipe.data.in_memory
-    spec = DATASETS.get(recipe.data.dataset)
+    spec = DATASETS.get(recipe.data.dataset, data_root)
     lengths = spec.seq_lens.get(recipe.data.setting or spec.settings[0], {})
     samples = recipe.data.samples or sum(spec.splits.values())
     return samples * sum(steps * spec.dims[m] for m, steps in lengths.items()) * 4 <= IN_MEMORY_LIMIT
