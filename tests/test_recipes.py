@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from msmix_cli.data.specs import DATASETS
 from msmix_cli.errors import BadInput
 from msmix_cli.models import BACKBONES
 from msmix_cli.recipes import build_recipe, dump_recipe, parse_overrides, read_yaml, recipes_dir, resolve_recipe
@@ -99,5 +100,5 @@ def test_shipped_recipes_validate(path):
 
 def test_every_dataset_backbone_pair_has_a_recipe():
     names = {p.stem for p in shipped_recipes()}
-    missing = [f"{d}-{b}" for d in ("synth", "mosi", "mosei", "sims") for b in BACKBONES.names() if f"{d}-{b}" not in names]
+    missing = [f"{d}-{b}" for d in DATASETS.names() for b in BACKBONES.names() if f"{d}-{b}" not in names]
     assert not missing
