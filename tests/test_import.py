@@ -106,6 +106,9 @@ def test_an_unaligned_pickle_keeps_its_lengths_and_trains(tmp_path: Path) -> Non
         assert cache["test"]["vision"].shape == (6, 3, 7)
         np.testing.assert_array_equal(cache["test"]["vision_lengths"][()], content["test"]["vision_lengths"])
     assert train_one_epoch(tmp_path, "mine", "tfn", out=tmp_path / "runs").exit_code == 0
+    [run] = (tmp_path / "runs").iterdir()
+    result = invoke("evaluate", run, "--data-root", tmp_path, "--format", "json")
+    assert result.exit_code == 0 and "Non0_acc_2" in json.loads(result.stdout)["metrics"], result.output
 
 
 def test_a_split_whose_widths_differ_from_the_training_split_is_refused(tmp_path: Path) -> None:
@@ -232,6 +235,7 @@ def test_an_unknown_dataset_says_how_to_import_one(tmp_path: Path) -> None:
     (["--csd", ".", "--name", "n", "--text", "t.pkl"], "--text does not apply"),
     (["--from", "x.pkl", "--name", "n", "--features", "audio=a.csd"], "--features does not apply"),
     (["--from", "x.pkl", "--name", "n", "--tolerance", "1e-5"], "--tolerance does not apply"),
+    (["--dataset", "mosi", "--tolerance", "1e-5"], "--source mmsdk"),
     (["--csd", ".", "--name", "n", "--features", "audio"], "ROLE=FILE"),
 ])
 def test_options_of_one_route_only_are_refused_elsewhere(tmp_path: Path, args: list[str], fragment: str) -> None:

@@ -158,7 +158,7 @@ def preprocess_command(
     given = {"--name": name is not None, "--like": like is not None, "--label-range": label_range is not None,
              "--text": text is not None, "--audio": audio is not None, "--vision": vision is not None,
              "--features": bool(features), "--tolerance": tolerance is not None}
-    check_import_options(dataset, from_pickle, csd, name, given)
+    check_import_options(dataset, source, from_pickle, csd, name, given)
     overlap = DEFAULT_TOLERANCE if tolerance is None else tolerance
     with NamedBars(err, MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as progress:
         if from_pickle is not None:
@@ -177,8 +177,8 @@ def preprocess_command(
         render_preprocess(report)
 
 
-def check_import_options(dataset: str | None, from_pickle: Path | None, csd: Path | None, name: str | None,
-                         given: dict[str, bool]) -> None:
+def check_import_options(dataset: str | None, source: str | None, from_pickle: Path | None, csd: Path | None,
+                         name: str | None, given: dict[str, bool]) -> None:
     """Which options go together: --dataset for a published dataset, or --from/--csd with --name for an import.
 
     `given` says which of the options that belong to one route only were given (--text, --features, ...).
@@ -194,7 +194,7 @@ def check_import_options(dataset: str | None, from_pickle: Path | None, csd: Pat
         raise BadInput("give --dataset, or --from FILE.pkl / --csd DIR with --name (or --inspect FILE)")
     routes = {"--name": importing, "--like": importing, "--label-range": importing, "--text": from_pickle is not None,
               "--audio": from_pickle is not None, "--vision": from_pickle is not None, "--features": csd is not None,
-              "--tolerance": from_pickle is None}
+              "--tolerance": csd is not None or source == "mmsdk"}
     for flag, allowed in routes.items():
         if given[flag] and not allowed:
             raise BadInput(f"{flag} does not apply here: {IMPORT_FLAGS_HELP[flag]}")

@@ -116,6 +116,8 @@ def imported_spec(data_root: Path, name: str) -> DatasetSpec | None:
         if other.dims != first.dims or other.label_range != first.label_range or other.like != first.like:
             raise BadInput(f"{other.path} and {first.path} disagree on feature widths, label range or recipes; "
                            f"import {name} again")
+    if first.like not in DATASETS:  # `like` names a published dataset, never another import (nor itself)
+        raise BadInput(f"{first.path}: attribute 'like' is {first.like!r}, not a published dataset; import {name} again")
     like = DATASETS.get(first.like)
     return DatasetSpec(name=name, dims=dict(first.dims), seq_lens={s.setting: dict(s.seq_lens) for s in summaries},
                        splits=dict(first.splits), label_range=first.label_range, metric_set=like.metric_set,
@@ -197,40 +199,28 @@ _add(DatasetSpec(
         ),
     },
 ))
-_add(DatasetSpec(
-    name="sims",
-    dims={"text": 768, "audio": 33, "vision": 709},
-    seq_lens={"unaligned": {"text": 39, "audio": 400, "vision": 55}},
-    splits={"train": 1368, "valid": 456, "test": 457},
-    label_range=1.0,
-    metric_set="sims",
-    unimodal_labels=True,
-    sources={
-        "mmsa": (
-            _pickle("unaligned_39.pkl", "unaligned", "c9e20c13ec0454d98bb9c1e520e490c75146bfa2dfeeea78d84de047dbdd442f"),
-            # CH-SIMS' own label table: ids, splits and the unimodal labels, when a pickle lacks them.
-            RemoteFile("label.csv", None, role="label_csv", required=False),
-        ),
-    },
+def _chsims(name: str, dims: dict[str, int], seq_lens: dict[str, int], splits: dict[str, int], features: RemoteFile,
+            **extra: str) -> DatasetSpec:
+    """A CH-SIMS release: unaligned, labels in [-1, 1] with unimodal T/A/V labels, CH-SIMS' metrics, and its
+    own label table (ids, splits, unimodal labels), which supplies the unimodal labels when a pickle lacks them."""
+    return DatasetSpec(name=name, dims=dims, seq_lens={"unaligned": seq_lens}, splits=splits, label_range=1.0,
+                       metric_set="sims", unimodal_labels=True,
+                       sources={"mmsa": (features, RemoteFile("label.csv", None, role="label_csv", required=False))},
+                       **extra)
+
+
+_add(_chsims(
+    "sims", {"text": 768, "audio": 33, "vision": 709}, {"text": 39, "audio": 400, "vision": 55},
+    {"train": 1368, "valid": 456, "test": 457},
+    _pickle("unaligned_39.pkl", "unaligned", "c9e20c13ec0454d98bb9c1e520e490c75146bfa2dfeeea78d84de047dbdd442f"),
 ))
-_add(DatasetSpec(
-    # CH-SIMS v2.0 (Liu et al., ICMI 2022), its supervised part. Widths and padded lengths are those of the
-    # released `ch-simsv2s.pkl` as its authors' code reads it (thuiar/ch-sims-v2, config/config_regression.py:
-    # seq_lens (50, 925, 232), feature_dims (768, 25, 177), 2722 training clips); MMSA's config lists SIMS's
-    # numbers for simsv2, but its loader takes the shapes from the file. Splits: the dataset paper's.
-    name="simsv2",
-    dims={"text": 768, "audio": 25, "vision": 177},
-    seq_lens={"unaligned": {"text": 50, "audio": 925, "vision": 232}},
-    splits={"train": 2722, "valid": 647, "test": 1034},
-    label_range=1.0,
-    metric_set="sims",
-    unimodal_labels=True,
-    sources={
-        "mmsa": (
-            # The authors publish no checksum: preprocess records the SHA-256 of the file it read.
-            RemoteFile("ch-simsv2s.pkl", None, None, role="unaligned"),
-            RemoteFile("label.csv", None, role="label_csv", required=False),
-        ),
-    },
+# CH-SIMS v2.0 (Liu et al., ICMI 2022), its supervised part. Widths and padded lengths are those of the released
+# `ch-simsv2s.pkl` as its authors' code reads it (thuiar/ch-sims-v2, config/config_regression.py: seq_lens
+# (50, 925, 232), feature_dims (768, 25, 177), 2722 training clips); MMSA's config lists SIMS's numbers for
+# simsv2, but its loader takes the shapes from the file. Splits: the dataset paper's. The authors publish no
+# checksum: preprocess records the SHA-256 of the file it read.
+_add(_chsims(
+    "simsv2", {"text": 768, "audio": 25, "vision": 177}, {"text": 50, "audio": 925, "vision": 232},
+    {"train": 2722, "valid": 647, "test": 1034}, RemoteFile("ch-simsv2s.pkl", None, None, role="unaligned"),
     by_hand=SIMSV2_BY_HAND,
 ))
