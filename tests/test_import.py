@@ -143,6 +143,7 @@ def test_labels_beyond_mosis_range_need_the_option(tmp_path: Path) -> None:
     assert "--label-range" in one_line_error(import_pickle(tmp_path, path))
     line = one_line_error(import_pickle(tmp_path, path, "mine", "--label-range", "5", "--like", "sims"))
     assert "--like sims" in line
+    assert "positive number" in one_line_error(import_pickle(tmp_path, path, "mine", "--label-range", "0"))
 
 
 def test_bert_ids_are_kept_and_an_all_zero_text_bert_is_left_out(tmp_path: Path) -> None:

@@ -102,7 +102,7 @@ def import_csd(name: str, folder: Path, *, data_root: Path, features: Mapping[st
                            f"the file you name with --features {role}=FILE")
     columns = {role: None if role in given else published[role].columns for role in CSD_ROLES}
     dims = {m: like_spec.dims[m] for m in ("audio", "vision") if m not in given}
-    bound = float(label_range) if label_range is not None else like_spec.label_range
+    bound = like_spec.label_range if label_range is None else _given_range(label_range)
     read = read_csd_files(paths, setting=setting, seq_lens=like_spec.seq_lens[setting], dims=dims, columns=columns,
                           label_range=bound, folds=None, standard=like, tolerance=tolerance,
                           report=progress or _quiet)
@@ -197,9 +197,7 @@ def _setting(setting: str | None, seq_lens: Mapping[str, int], path: Path) -> st
 def _label_range(content: dict, path: Path, given: float | None) -> float:
     """`given`, else the smallest of CH-SIMS' and MOSI's ranges that holds every finite label."""
     if given is not None:
-        if not (0 < given < float("inf")):
-            raise BadInput(f"--label-range must be a positive number; got {given:g}")
-        return float(given)
+        return _given_range(given)
     largest = 0.0
     for name in SPLITS:
         labels = content[name].get("regression_labels")
@@ -211,6 +209,12 @@ def _label_range(content: dict, path: Path, given: float | None) -> float:
             return bound
     raise BadInput(f"{path}: labels reach ±{largest:g}, beyond MOSI's [-3, 3]; give their range with "
                    "--label-range R (labels in [-R, R])")
+
+
+def _given_range(given: float) -> float:
+    if not (0 < given < float("inf")):
+        raise BadInput(f"--label-range must be a positive number; got {given:g}")
+    return float(given)
 
 
 def _like(like: str | None, bound: float) -> DatasetSpec:
