@@ -28,8 +28,9 @@ from msmix_cli.report import to_json
 
 PUBLISHED = ", ".join(name for name in DATASETS if DATASETS.get(name).sources)
 DATA_ROOT_HELP = "Data folder (default $MSMIX_DATA_ROOT or ./data)."
-TOLERANCE_HELP = (f"Seconds an overlap of two .csd intervals must exceed to count (default {DEFAULT_TOLERANCE:g}: the "
-                  "CMU SDK's pip release 0.0.6, and its GitHub code 2018-09..2019-12; 1e-5: its GitHub code since).")
+TOLERANCE_HELP = (f"Seconds an overlap of two .csd intervals must exceed to count. Default {DEFAULT_TOLERANCE:g}: the "
+                  "value of the CMU SDK release pip installs (0.0.6), so msmix aligns as that SDK does; 1e-5 is "
+                  "the SDK's GitHub code since 2019-12.")
 
 
 def parse_features(assignments: list[str]) -> dict[str, Path]:
