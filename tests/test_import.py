@@ -287,3 +287,14 @@ def test_a_missing_csd_names_the_file_and_the_option(tmp_path: Path) -> None:
     line = one_line_error(invoke("preprocess", "--csd", folder, "--name", "x", "--features", "face=my_openface.csd",
                                  "--data-root", tmp_path))
     assert "unknown role 'face'" in line and "text, audio, vision, labels" in line
+
+
+def test_other_features_under_a_published_name_point_to_the_import(tmp_path: Path) -> None:
+    """What a new user hit first (issue 13): real MOSI features of other widths, offered as MOSI's files."""
+    path = own_pickle(tmp_path / "real_mosi.pkl", {"text": 1, "audio": 1, "vision": 1})
+    line = one_line_error(invoke("download", "--dataset", "mosi", "--source", "mmsa", "--from", path,
+                                 "--data-root", tmp_path))
+    assert "msmix preprocess --from FILE --name NAME" in line
+    write_pickle(tmp_path / "raw" / "mosi" / "aligned_50.pkl", np.load(path, allow_pickle=True))
+    line = one_line_error(invoke("preprocess", "--dataset", "mosi", "--data-root", tmp_path))
+    assert "expected (16, 50, 768)" in line and "msmix preprocess --from FILE.pkl --name NAME" in line

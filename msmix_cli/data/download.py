@@ -299,7 +299,9 @@ def _import_by_checksum(files: Sequence[RemoteFile], origin: Path, folder: Path,
     digest = sha256_of(origin)
     remote = next((f for f in files if f.sha256 == digest), None)
     if remote is None:
-        raise BadInput(f"{origin.name} is none of {', '.join(f.name for f in files)} (by name or by SHA-256)")
+        raise BadInput(f"{origin.name} is none of {', '.join(f.name for f in files)} (by name or by SHA-256); your "
+                       "own features (other widths or lengths) become a dataset with msmix preprocess --from FILE "
+                       "--name NAME")
     target = folder / remote.name
     if target.exists():
         return _present(remote, target)

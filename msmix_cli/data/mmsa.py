@@ -169,8 +169,9 @@ class _SplitReader:
         array = self._array(split_name, split, modality)
         expected = (n, self.seq_lens[modality], self.spec.dims[modality])
         if array.shape != expected:
+            own = "; other features: msmix preprocess --from FILE.pkl --name NAME" if self.spec.sources else ""
             raise BadInput(f"{self._where(split_name, modality)} has shape {array.shape}, expected {expected} "
-                           f"(N, L, D) for {self.spec.name} {self.setting}")
+                           f"(N, L, D) for {self.spec.name} {self.setting}{own}")
         if array.dtype.kind not in "biuf":
             raise BadInput(f"{self._where(split_name, modality)} holds {array.dtype}, expected numbers")
         # the unpickled arrays are ours alone: a float32 one is cleaned in place, saving a copy of GBs for MOSEI
