@@ -72,6 +72,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def import_pickle(path: Path, data_root: Path) -> tuple[str, Path]:
+    """The pickle as a dataset named after its file (`msmix preprocess --from`), imported once into `data_root`."""
+    from msmix_cli.data.cache import cache_path
+    from msmix_cli.data.imported import import_pickle as import_as_dataset
+    from msmix_cli.data.specs import DATASETS
+
+    name = "".join(c if c.isalnum() or c in "_-." else "_" for c in path.stem).lstrip(".-") or "pickle"
+    DATASETS.use_data_root(data_root)
+    if not any(cache_path(data_root, name, setting).is_file() for setting in ("aligned", "unaligned")):
+        import_as_dataset(name, path, data_root=data_root)
+    return name, data_root
+
+
 def run_group(args: argparse.Namespace, variants: tuple[Variant, ...], seeds: tuple[int, ...], dataset: str,
               backbones: tuple[str | None, ...], flags: dict[str, dict[str, Any]], data_root: Path) -> list[dict[str, Any]]:
     spec = AblationSpec(variants=variants, seeds=seeds, out=args.out / dataset, data_root=data_root, datasets=(dataset,),

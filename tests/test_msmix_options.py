@@ -15,7 +15,7 @@ from msmix_cli.mixing.base import Mix
 from msmix_cli.mixing.presets import AUTHORS, PRESETS, apply_preset
 from msmix_cli.mixing.sal import intensity_regression_loss
 from msmix_cli.mixing.sass import select_pairs
-from msmix_cli.recipes import resolve_recipe
+from msmix_cli.recipes import recipes_dir, resolve_recipe
 from msmix_cli.training.diagnostics import EpochLog, pearson
 from msmix_cli.training.loop import fit
 from msmix_cli.training.rundir import RunDir
@@ -139,8 +139,17 @@ def test_unknown_preset_is_bad_input(preset: str) -> None:
         resolve_recipe(None, assignments=[f"mix.preset={preset}"])
 
 
-def test_a_preset_leaves_a_mix_without_one_alone() -> None:
-    assert apply_preset({"delta": 0.3}) == {"delta": 0.3}
+def test_a_mix_without_a_preset_gets_msmix_recommended_one() -> None:
+    mix = apply_preset({"delta": 0.3})
+    assert mix == {**PRESETS["msmix"], "delta": 0.3, "preset": "msmix"}
+    shipped = resolve_recipe(recipes_dir() / "synth-tfn.yaml").mix
+    assert (shipped.preset, shipped.sal_to_encoder, shipped.detach_ratio, shipped.mix_loss) == ("msmix", False, True, "task")
+
+
+def test_the_msmix_preset_departs_from_the_authors_only_where_docs_say_why() -> None:
+    changed = {k for k in AUTHORS if PRESETS["msmix"][k] != AUTHORS[k]}
+    docs = (Path(__file__).parents[1] / "docs" / "msmix.md").read_text()
+    assert changed and all(f"`{key}`" in docs for key in changed)
 
 
 # ---- what a run records --------------------------------------------------------------------------

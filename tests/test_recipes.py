@@ -16,10 +16,11 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
-def test_defaults_are_msmix_on_synth():
+def test_defaults_are_msmix_with_its_preset_on_synth():
     recipe = build_recipe({})
-    assert recipe.data.dataset == "synth" and recipe.mix.name == "msmix"
-    assert (recipe.mix.alpha, recipe.mix.delta, recipe.mix.w_mix, recipe.mix.w_sal, recipe.mix.sal_scale) == (2.0, 0.4, 0.7, 0.5, 1000.0)
+    assert recipe.data.dataset == "synth" and recipe.mix.name == "msmix" and recipe.mix.preset == "msmix"
+    assert (recipe.mix.alpha, recipe.mix.delta, recipe.mix.w_mix, recipe.mix.w_sal) == (2.0, 0.4, 0.7, 0.5)
+    assert (recipe.mix.sal_kind, recipe.mix.sal_scale, recipe.mix.same_polarity) == ("regression", 1.0, True)
 
 
 def test_precedence_file_then_flags_then_set(tmp_path):

@@ -19,10 +19,11 @@ from msmix_cli.types import Multimodal
 
 @dataclass
 class MixConfig:
-    """MS-Mix and baseline settings. Defaults are the authors' (see MSMIX.md); every one is a recipe key."""
+    """MS-Mix and baseline settings; every one is a recipe key. The field defaults are the authors' values
+    (docs/msmix.md); a recipe gets them through `preset: authors`, and msmix's recommended ones otherwise."""
 
     name: str = "msmix"  # none | mixup | manifold | msmix
-    preset: str | None = None  # authors | msmix: fills the keys below that the recipe does not set (presets.py)
+    preset: str = "msmix"  # msmix | authors: fills the keys below that the recipe does not set (presets.py)
     alpha: float = 2.0  # Beta(alpha, alpha) for the base ratio lambda_0
     delta: float = 0.4  # SASS threshold on the min-max normalised similarity (paper 0.2, authors' code 0.4)
     num_mix: int | None = None  # mixed samples per batch; None = the batch size
@@ -36,7 +37,7 @@ class MixConfig:
     sig_tokens: int = 1  # split each latent vector into this many tokens for the intensity attention
     sig_heads: int = 4
     # What msmix adds to make each part do its job (docs/msmix.md has the evidence for each). The defaults
-    # here are the authors' behaviour; a preset (recipes/base/msmix.yaml) names the recommended ones.
+    # here are the authors' behaviour; the msmix preset (presets.py) names the recommended ones.
     sal_to_encoder: bool = True  # the intensity predictors read the latents undetached, so SAL trains the encoder too
     detach_ratio: bool = False  # false: the mixed loss trains the predictors through lambda (the authors)
     sal_kind: Literal["kl", "regression"] = "kl"  # kl: batch distributions (authors); regression: I^m regresses y
