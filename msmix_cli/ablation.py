@@ -247,11 +247,11 @@ def effective_jobs(runs: Sequence[PlannedRun], jobs: int, share_gpu: bool) -> tu
     return min(jobs, len(runs)), None
 
 
-def prepare_data(runs: Iterable[PlannedRun], data_root: Path) -> None:
+def prepare_data(recipes: Iterable[Recipe], data_root: Path) -> None:
     """Build or check each data set once, in this process, so parallel runs never race to write a cache."""
     seen = set()
-    for run in runs:
-        d = run.recipe.data
+    for recipe in recipes:
+        d = recipe.data
         key = (d.dataset, d.setting, d.samples, d.data_seed)
         if key not in seen:
             seen.add(key)
@@ -282,7 +282,7 @@ def execute(runs: Sequence[PlannedRun], spec: AblationSpec, *, command: str, on_
     """Reuse what is complete, remove what was interrupted, train the rest; one RunFinished per run."""
     states = {run.path: run_state(run) for run in runs}
     pending = [run for run in runs if states[run.path] != REUSE]
-    prepare_data(pending, spec.data_root)  # a missing or damaged data set is reported before the plan is announced
+    prepare_data((run.recipe for run in pending), spec.data_root)  # a missing or damaged data set is reported before the plan is announced
     jobs, note = effective_jobs(pending, spec.jobs, spec.share_gpu)
     on_event(AblationPlanned(len(runs), len(pending), len(runs) - len(pending),
                              sum(state == REDO for state in states.values()), jobs, note))

@@ -2,6 +2,7 @@
 
 from msmix_cli.cli.app import app
 from msmix_cli.cli import ablate, data, train  # noqa: F401  (each module registers its commands)
+from msmix_cli.cli import tune  # noqa: F401
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from msmix_cli.data.cache import CacheFile, SplitData
 from msmix_cli.data.loading import load_dataset
 from msmix_cli.data.specs import DATASETS
 from msmix_cli.errors import BadInput, Interrupted, MsmixError, RunFailed, first_line
-from msmix_cli.metrics import regression_metrics
+from msmix_cli.metrics import METRIC_NAMES, regression_metrics
 from msmix_cli.mixing import MIXERS, Mix, Mixer, build_mixer, mix_loss
 from msmix_cli.models import Backbone, build_backbone, count_parameters, task_loss
 from msmix_cli.recipes import Recipe
@@ -195,8 +195,11 @@ def make_scheduler(setup: Setup, optimizer: torch.optim.Optimizer, steps_per_epo
 
 
 def fit(recipe: Recipe, run: RunDir, *, data_root: Path, command: str = "msmix train", on_event: Listener = ignore,
-        resume: bool = False) -> dict[str, Any]:
+        resume: bool = False, test: bool = True) -> dict[str, Any]:
     """Train a recipe into `run`; returns the test metrics of the best-validation checkpoint.
+
+    With `test` False (a tuning trial) the test split is never predicted and no metrics.json is written: the
+    result holds the validation metrics of the best-validation epoch instead.
 
     With `resume`, training continues from `last.pt` (the last complete epoch: weights, optimiser, scheduler,
     early-stopping state and every RNG), so a resumed run ends with the same metrics as an uninterrupted one.
@@ -292,11 +295,16 @@ def fit(recipe: Recipe, run: RunDir, *, data_root: Path, command: str = "msmix t
                                "rng": capture_rng(rng)})
                 on_event(EpochDone(epoch, train_row["train_loss"], valid_loss, valid_metrics["MAE"], improved, best_epoch))
 
-        distributed.barrier()  # rank 0 has written the best checkpoint
-        model.load_state_dict(run.load_best(device)["model"])
-        metrics, _, _ = evaluate(setup, "test")
-        result = {"split": "test", "best_epoch": best_epoch, "epochs_run": len(history), "metrics": metrics}
-        run.write_metrics(json_safe(result))
+        if test:
+            distributed.barrier()  # rank 0 has written the best checkpoint
+            model.load_state_dict(run.load_best(device)["model"])
+            metrics, _, _ = evaluate(setup, "test")
+        else:
+            metrics = valid_metrics_at(history, best_epoch, setup.metric_set)
+        result = {"split": "test" if test else "valid", "best_epoch": best_epoch, "epochs_run": len(history),
+                  "metrics": metrics}
+        if test:
+            run.write_metrics(json_safe(result))
     except Interrupted:
         mark_stopped(run, INTERRUPTED, started)
         raise
@@ -305,6 +313,12 @@ def fit(recipe: Recipe, run: RunDir, *, data_root: Path, command: str = "msmix t
         raise
     run.update_info(status=COMPLETE, best_epoch=best_epoch, wall_time_s=round(time.perf_counter() - started, 3))
     return result
+
+
+def valid_metrics_at(history: list[dict[str, Any]], epoch: int, metric_set: str) -> dict[str, float]:
+    """The validation metrics history.csv recorded for `epoch` (the best one: its checkpoint is the one kept)."""
+    row = next(row for row in history if row["epoch"] == epoch)
+    return {name: row[f"valid_{name}"] for name in METRIC_NAMES[metric_set]}
 
 
 def mark_stopped(run: RunDir, status: str, started: float) -> None:
