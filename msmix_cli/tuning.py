@@ -46,6 +46,7 @@ from msmix_cli.training.rundir import RunDir
 SPEC_ATTR = "msmix"  # the study's user attribute holding its recipe, space and objective
 HEARTBEAT_S = 10  # how often a running trial tells the storage it is alive
 HEARTBEAT_GRACE_S = 60  # silence after which a running trial counts as dead: long enough for a busy, shared machine
+PRUNE_FROM_EPOCH = 3  # the median pruner's first epoch
 POLL_S = HEARTBEAT_S  # how often a worker with nothing to start looks again for finished or dead trials
 # Keys a space may not tune: the seed is held fixed so that trials differ only in their setting; the data
 # section decides what is being tuned on.
@@ -326,6 +327,10 @@ class TuneJob:
     device: str | None = None  # this machine's device, over the stored recipe's
     command: str = "msmix tune"
 
+    def __post_init__(self) -> None:
+        if self.trials < 1 or self.workers < 1:
+            raise BadInput(f"--trials and --workers must be >= 1, got {self.trials} and {self.workers}")
+
 
 @dataclass(frozen=True)
 class TrialDone:
@@ -358,8 +363,9 @@ def make_pruner(name: str) -> Any:
         return optuna.pruners.SuccessiveHalvingPruner()
     if name == "none":
         return optuna.pruners.NopPruner()
-    # The first trials run to the end, and no trial is stopped before its second epoch's validation loss.
-    return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
+    # The first trials run to the end, and no trial stops before epoch PRUNE_FROM_EPOCH: the first epochs' loss
+    # tells the learning rates apart more than the settings' final quality (a slow start is not a bad end).
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=PRUNE_FROM_EPOCH)
 
 
 class Slot:
@@ -432,7 +438,8 @@ class Objective:
 
         self.slot.release()  # the trial exists: other workers may start theirs
         started = time.perf_counter()
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        worker = f"{socket.gethostname()}:{os.getpid()}"
+        trial.set_user_attr("worker", worker)
         path = trial_dir(self.job.place, trial.number)
         trial.set_user_attr("run_dir", str(path.relative_to(self.job.place.folder)))
         sign = -1.0 if self.spec.direction == "maximize" else 1.0  # the pruner reads losses in the study's direction
@@ -450,6 +457,7 @@ class Objective:
         try:
             recipe = self.recipe(trial)
             run = RunDir.create(path.parent, path.name)
+            run.update_info(study=self.job.place.name, trial=trial.number, worker=worker)
             result = fit(recipe, run, data_root=self.job.data_root, command=f"{self.job.command}  # trial {trial.number}",
                          on_event=on_event, test=False)
         except optuna.TrialPruned as pruned:
@@ -498,8 +506,6 @@ class TuneOutcome:
 
 def tune(job: TuneJob, spec: StudySpec, on_trial: TrialListener) -> TuneOutcome:
     """Run job.workers workers on the study until it holds job.trials finished trials."""
-    if job.trials < 1 or job.workers < 1:
-        raise BadInput(f"--trials and --workers must be >= 1, got {job.trials} and {job.workers}")
     job.place.folder.mkdir(parents=True, exist_ok=True)
     prepare_data([spec.base_recipe()], job.data_root)  # once, here: workers must not race to build a cache
     if job.workers == 1:
@@ -555,7 +561,6 @@ def stopped_message(job: TuneJob) -> str:
 @dataclass
 class Report:
     spec: StudySpec
-    direction: str
     rows: list[dict[str, Any]]  # the top complete trials, best first
     states: dict[str, int]  # trial count per state
     importances: dict[str, float]
@@ -606,7 +611,7 @@ def report(place: StudyPlace, top: int) -> Report:
             plot_note = str(error)
     else:
         plot_note = "no history.png: no trial is complete yet"
-    return Report(spec, spec.direction, rows, states, importances, importance_note, plot, plot_note)
+    return Report(spec, rows, states, importances, importance_note, plot, plot_note)
 
 
 def format_param(value: Any) -> str:

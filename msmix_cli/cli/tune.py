@@ -87,6 +87,8 @@ def tune(
     place = tuning.study_place(study, storage, study_name, default_folder=f"{dataset or 'synth'}-{backbone or 'tfn'}-{mix or 'msmix'}")
     command = "msmix " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if show_report:
+        if top < 1:
+            raise BadInput(f"--top must be >= 1, got {top}")
         render_report(tuning.report(place, top))
         return
     if final:
@@ -98,15 +100,18 @@ def tune(
     wanted = None
     if given or study is None and storage is None and study_name is None:
         wanted = new_spec(dataset, backbone, mix, recipe, set_, space, objective, max_epochs, samples)
-    spec = tuning.resolve_study(place, wanted)
     job = tuning.TuneJob(place, trials, workers, root, sampler.value, pruner.value, device, command)
+    spec = tuning.resolve_study(place, wanted)
     err.print(escape(f"study {place.name!r} in {place.folder}: {trials} trials, {workers} worker(s), "
                      f"objective {spec.objective} ({spec.direction})"), highlight=False)
     outcome = tuning.tune(job, spec, print_trial)
     err.print(f"{outcome.finished} of {trials} trials finished", highlight=False)
-    if outcome.dead_workers or outcome.finished < trials:
+    if outcome.finished < trials:
         raise RunFailed(f"{outcome.dead_workers} worker(s) stopped early and {outcome.finished} of {trials} trials are "
                         f"finished; rerun the same command to continue the study")
+    if outcome.dead_workers:  # the others failed its trial in flight by its heartbeat and ran it again
+        err.print(f"[yellow]note:[/] {outcome.dead_workers} worker(s) stopped early; the other workers finished the study",
+                  highlight=False)
     err.print(escape(f"next: msmix tune --study {place.folder} --report"), highlight=False)
 
 
@@ -134,7 +139,7 @@ def render_report(report: tuning.Report) -> None:
     objective = report.spec.objective
     metric = report.spec.metric
     rows = [{**row, objective: format_metric(metric, row[objective])} for row in report.rows]
-    table = Table(title=f"top {len(rows)} trials by {objective} ({'higher' if report.direction == 'maximize' else 'lower'} "
+    table = Table(title=f"top {len(rows)} trials by {objective} ({'higher' if report.spec.direction == 'maximize' else 'lower'} "
                         f"is better; validation, best-validation epoch)", caption="run directories: <study>/trials/trial-NNNN")
     columns = list(dict.fromkeys(key for row in rows for key in row)) or ["trial", objective]
     short = [column.partition(".")[2] or column for column in columns]
