@@ -507,6 +507,9 @@ class TuneOutcome:
 def tune(job: TuneJob, spec: StudySpec, on_trial: TrialListener) -> TuneOutcome:
     """Run job.workers workers on the study until it holds job.trials finished trials."""
     job.place.folder.mkdir(parents=True, exist_ok=True)
+    finished, running = study_counts(job.place)
+    if finished >= job.trials:  # nothing to start: no worker is spawned, no data is read
+        return TuneOutcome(finished, running, dead_workers=0)
     prepare_data([spec.base_recipe()], job.data_root)  # once, here: workers must not race to build a cache
     if job.workers == 1:
         try:
