@@ -261,7 +261,7 @@ def open_storage(url: str, heartbeat: bool = True) -> Any:
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 600}}  # workers queue for SQLite's one writer
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # msmix reports each trial itself, once, in one line
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if heartbeat:
@@ -383,7 +383,8 @@ class Slot:
 
 def counts(study: Any) -> tuple[int, int]:
     """(finished trials, trials running now): what the --trials budget counts. A trial that failed because its
-    worker stopped (Ctrl-C, kill) is not finished: its setting is tried again."""
+    worker stopped (Ctrl-C, kill) is not finished: another trial takes its place (with its setting, when the
+    heartbeat found its worker dead)."""
     from optuna.trial import TrialState
 
     finished = running = 0
@@ -400,7 +401,6 @@ def run_worker(job: TuneJob, on_trial: TrialListener) -> None:
     (failing and retrying those whose worker died) rather than start more than the budget."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's outcome is reported once, by on_trial
     storage = open_storage(job.place.storage)
     study = optuna.load_study(study_name=job.place.name, storage=storage, sampler=make_sampler(job.sampler),
                               pruner=make_pruner(job.pruner))
@@ -539,6 +539,8 @@ def run_processes(job: TuneJob, on_trial: TrialListener) -> TuneOutcome:
         raise Interrupted(stopped_message(job)) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if any(worker.exitcode == Interrupted.exit_code for worker in workers):  # a Ctrl-C that reached the workers only
+        raise Interrupted(stopped_message(job))
     dead = sum(worker.exitcode != 0 for worker in workers)
     return TuneOutcome(*study_counts(job.place), dead_workers=dead)
 
@@ -575,7 +577,6 @@ class Report:
 def load_study(place: StudyPlace) -> Any:
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if place.missing:
         raise BadInput(f"no study in {place.folder} (no study.db); start one with --dataset, --backbone, --mix and --space")
     try:

@@ -152,7 +152,7 @@ def render_report(report: tuning.Report) -> None:
     out.print(", ".join(f"{count} {state}" for state, count in sorted(report.states.items())) or "no trials yet",
               highlight=False)
     if report.importances:
-        importance = Table(title="parameter importances (Optuna, fANOVA)")
+        importance = Table(title="parameter importances", caption="Optuna's fANOVA")
         importance.add_column("parameter")
         importance.add_column("importance", justify="right")
         for name, value in report.importances.items():
