@@ -11,11 +11,12 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskID,
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, ProgressColumn, TaskID,
                            TextColumn, TimeRemainingColumn, TransferSpeedColumn)
 from rich.table import Table
 
 from msmix_cli.cli.app import app, err, out, reports_errors
+from msmix_cli.cli.progress import live_bars
 from msmix_cli.data.download import DownloadReport, HttpSettings, download
 from msmix_cli.data.imported import import_csd, import_pickle
 from msmix_cli.data.inspect import Entry, Inspection, inspect_file
@@ -56,8 +57,8 @@ class NamedBars:
     """One Rich bar per name (a file, a stage), created on its first report. Use as a context manager."""
 
     def __init__(self, console: Console, *columns: ProgressColumn, transient: bool = False) -> None:
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), *columns, console=console,
-                                 transient=transient)
+        self.progress = live_bars(console, TextColumn("[bold]{task.description}"), BarColumn(), *columns,
+                                  transient=transient)
         self.tasks: dict[str, TaskID] = {}
 
     def __enter__(self) -> NamedBars:

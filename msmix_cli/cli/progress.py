@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 
 from msmix_cli.training.events import BatchDone, EpochDone, Event, RunStarted
+
+
+def live_bars(console: Console, *columns: ProgressColumn, transient: bool = True) -> Progress:
+    """Progress bars shown on a terminal only: on a log or a pipe, Rich ends them with a blank line, which would
+    come before an error's one line, and their frames are of no use there."""
+    return Progress(*columns, console=console, transient=transient, disable=not console.is_terminal)
 
 
 class TrainingProgress:
@@ -15,10 +21,9 @@ class TrainingProgress:
     def __init__(self, console: Console, verbose: bool = True) -> None:
         self.console = console
         self.verbose = verbose
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        self.progress = live_bars(
+            console, TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"), TextColumn("valid MAE {task.fields[mae]}"), TimeElapsedColumn(),
-            console=console, transient=True,
         )
         self.epochs = self.batches = None
 
