@@ -157,7 +157,7 @@ class AblationProgress:
     def planned(self, event: AblationPlanned) -> None:
         parts = [f"{event.runs} runs: {event.reused} complete and reused, {event.to_train} to train"]
         if event.redone:
-            parts.append(f"{event.redone} of them interrupted before, removed and redone")
+            parts.append(f"{event.redone} of them interrupted before, resumed or redone")
         if event.to_train:
             parts.append(f"{event.jobs} at a time")
         self.console.print(", ".join(parts), highlight=False)
