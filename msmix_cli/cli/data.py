@@ -94,12 +94,14 @@ def download_command(
     mirror: Optional[str] = typer.Option(None, help="A base URL serving the same paths as the SDK's host."),
     retries: int = typer.Option(4, min=0, help="Attempts after the first, with a doubling pause between them."),
     timeout: float = typer.Option(60.0, min=0.1, help="Seconds a connection or a read may stall."),
+    deadline: Optional[float] = typer.Option(None, min=0.1, help="Seconds one file's whole download may take, "
+                                             "retries included (a server that trickles a byte a second never stalls)."),
 ) -> None:
     """Fetch a dataset's published files into <data-root>/raw/<dataset>/, resuming and verifying them.
 
     Example: msmix download --dataset mosi --source mmsdk --from ~/csd --features audio=covarep.csd
     """
-    http = HttpSettings(timeout=timeout, retries=retries, mirror=mirror)
+    http = HttpSettings(timeout=timeout, deadline=deadline, retries=retries, mirror=mirror)
     named = parse_features(features)
     with NamedBars(err, DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()) as progress:
         report = download(dataset, source, data_root=data_root or data_root_default(), from_path=from_path,
