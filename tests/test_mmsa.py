@@ -280,3 +280,17 @@ def test_an_id_that_is_not_text_is_refused_not_printed(tmp_path: Path, element) 
     write_pickle(tmp_path / "raw" / "mosi" / "aligned_50.pkl", content)
     with pytest.raises(BadInput, match=r"valid/id holds a \w+, expected text ids"):
         preprocess("mosi", data_root=tmp_path)
+
+
+@pytest.mark.parametrize("value", [
+    np.zeros(3, dtype=np.dtype([("a", "i1"), ("b", "f8")], align=True)),
+    np.array([(1, "x"), (2, "y")], dtype=[("a", "i4"), ("b", "O")]),
+    np.zeros(2, dtype=[("a", "f4", (2, 2))]),
+    np.zeros(1, dtype={"names": ["a"], "formats": ["f4"], "titles": ["T"]}),
+    np.array(["2020-01-01"], dtype="datetime64[s]"),
+    np.zeros(1, dtype=[("a", "f4"), ("b", "i2")])[0],
+], ids=["aligned struct", "struct with objects", "subarray field", "titles", "datetime", "void scalar"])
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_honest_dtypes_of_every_kind_still_load(tmp_path: Path, value, protocol: int) -> None:
+    loaded = load_pickle(write_pickle(tmp_path / "p.pkl", {"v": value}, protocol=protocol))["v"]
+    assert loaded.dtype == value.dtype and np.all(loaded == value)

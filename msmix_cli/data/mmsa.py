@@ -90,7 +90,8 @@ def _check_dtype_state(dtype: np.dtype) -> None:
         if dtype.fields is not None:
             names = list(dtype.names or ())
             fresh = np.dtype({"names": names, "formats": [dtype.fields[n][0] for n in names],
-                              "offsets": [dtype.fields[n][1] for n in names], "itemsize": dtype.itemsize})
+                              "offsets": [dtype.fields[n][1] for n in names], "itemsize": dtype.itemsize},
+                             align=dtype.isalignedstruct)
         elif dtype.subdtype is not None:
             fresh = np.dtype(dtype.subdtype)
         else:
