@@ -92,10 +92,13 @@ class RunDir:
             raise BadInput(f"cannot open run directory {self.path}: {error.strerror or error}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             os.close(fd)
             raise BadInput(f"run directory {self.path} is in use by another msmix process; wait for it to end or "
                            "choose another --name") from None
+        except OSError:  # a file system without locks (some network ones): the run goes on, unguarded
+            os.close(fd)
+            return
         _LOCKS[self.path] = fd
 
     def release(self) -> None:
