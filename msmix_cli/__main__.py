@@ -1,3 +1,3 @@
-from msmix_cli.cli import main
+from msmix_cli.entry import main
 
 main()

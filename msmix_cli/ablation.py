@@ -15,10 +15,12 @@ command after Ctrl-C finishes the job.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import multiprocessing
+import os
 import shutil
 import signal
 import time
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, Union
 
+from msmix_cli import signals
 from msmix_cli.data.loading import load_dataset
 from msmix_cli.data.specs import DATASETS
 from msmix_cli.errors import BadInput, Interrupted, MsmixError, RunFailed
@@ -184,7 +187,8 @@ REUSE, TRAIN, REDO = "reuse", "train", "redo"
 
 
 def run_state(run: PlannedRun) -> str:
-    """reuse: complete with the same recipe; train: nothing there yet; redo: an interrupted run to remove.
+    """reuse: complete with the same recipe; train: nothing there yet; redo: an interrupted run to go on with
+    (or, of another recipe or half-written, to remove and train again).
 
     A complete run of another recipe, or a folder that is not an msmix run, is never deleted: BadInput.
     """
@@ -218,7 +222,7 @@ class AblationPlanned:
     runs: int
     to_train: int
     reused: int
-    redone: int  # interrupted runs that are removed and trained again
+    redone: int  # interrupted runs that are resumed (or removed and trained again)
     jobs: int
     note: str | None  # why fewer jobs than asked, if so
 
@@ -259,7 +263,28 @@ def prepare_data(recipes: Iterable[Recipe], data_root: Path) -> None:
 
 
 def train_one(recipe: Recipe, path: Path, data_root: Path, command: str, on_event: Callable[[TrainingEvent], None]) -> None:
-    fit(recipe, RunDir.create(path.parent, path.name), data_root=data_root, command=command, on_event=on_event)
+    """Train `recipe` into `path`, locked meanwhile: an interrupted run of the same experiment goes on from its last
+    epoch; anything else there (`run_state` has found no complete run) is removed first."""
+    run = RunDir.claim(path.parent, path.name)
+    try:
+        resume = resumes(run, recipe)
+        if not resume:
+            for entry in run.path.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        fit(run.recipe() if resume else recipe, run, data_root=data_root, command=command, on_event=on_event, resume=resume)
+    finally:
+        run.release()
+
+
+def resumes(run: RunDir, recipe: Recipe) -> bool:
+    """Whether `run` holds an interrupted run of this experiment that can go on."""
+    try:
+        return run.resumable and same_experiment(run.recipe(), recipe)
+    except BadInput:  # its saved recipe no longer reads: train it again
+        return False
 
 
 def _child_init() -> None:
@@ -293,9 +318,6 @@ def execute(runs: Sequence[PlannedRun], spec: AblationSpec, *, command: str, on_
             on_event(outcomes[-1])
     if not pending:
         return outcomes
-    for run in pending:
-        if states[run.path] == REDO:
-            shutil.rmtree(run.path)
     if jobs == 1:
         outcomes += train_in_process(pending, spec.data_root, command, on_event)
     else:
@@ -341,9 +363,13 @@ def train_in_pool(runs: Sequence[PlannedRun], data_root: Path, command: str, job
                 outcomes.append(finished(run, "trained" if error is None else "failed", error and str(error)))
                 on_event(outcomes[-1])
     except KeyboardInterrupt:
-        # The workers got the same Ctrl-C and stop at their next batch, leaving resumable run directories.
+        # A Ctrl-C reaches the workers too, a SIGTERM only this process: either way each worker gets a SIGTERM,
+        # stops at its next batch (leaving a resumable run) and is waited for, so none is left orphaned.
+        for worker in multiprocessing.active_children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGTERM)
         pool.shutdown(wait=True, cancel_futures=True)
-        raise Interrupted(stopped_message("stopped by SIGINT", runs)) from None
+        raise Interrupted(stopped_message(f"stopped by {signals.name()}", runs)) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return outcomes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -12,6 +13,10 @@ from typing import Any, Callable, Iterator
 import torch
 
 from msmix_cli.errors import BadInput, MsmixError, RunFailed, first_line
+
+# `.NAME.PID.XXXXXXXX.tmp`: a temporary file names the process writing it, so a later writer can tell a dead one's.
+TEMPORARY = re.compile(r"\.(?P<target>.+)\.(?P<pid>\d+)\.[^.]+\.tmp")
+ANY_TEMPORARY = re.compile(r"\..+\.tmp")
 
 # What the system says when the machine fails (its disk is full or failing), not the path it was given.
 MACHINE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
@@ -29,12 +34,14 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp: Path | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        remove_stale_temporaries(target.parent, of=target.name)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
         os.close(fd)
         tmp = Path(tmp_name)
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 is for the write; the file gets what any new file gets
         os.replace(tmp, target)
         _fsync_dir(target.parent)
     except BaseException as error:
@@ -45,6 +52,38 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         if refused is None:  # not the system refusing a write (a bug, Ctrl-C, a message already made): as it is
             raise
         raise os_failure(f"could not write {target}", refused) from error
+
+
+def remove_stale_temporaries(folder: Path, *, of: str | None = None, every: bool = False) -> None:
+    """Remove the temporary files in `folder` (only those of target `of`, if given) whose writer has died: a
+    kill -9 during a write leaves one behind. `every`: all of them, untagged ones too (the caller holds the
+    folder's lock, so no writer is alive)."""
+    with contextlib.suppress(OSError):  # a folder that cannot be listed has nothing this could clean
+        for entry in os.scandir(folder):
+            tagged = TEMPORARY.fullmatch(entry.name)
+            stale = (bool(ANY_TEMPORARY.fullmatch(entry.name)) if every
+                     else tagged is not None and (of is None or tagged["target"] == of) and not _alive(int(tagged["pid"])))
+            if stale and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, someone else's
+        return True
+    return True
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def os_error(error: BaseException) -> OSError | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,13 +20,14 @@ from typing import Any, Literal
 import yaml
 
 from msmix_cli.data.specs import DATASETS
-from msmix_cli.errors import BadInput
+from msmix_cli.errors import BadInput, first_line
 from msmix_cli.mixing import MIXERS, MixConfig
 from msmix_cli.mixing.presets import apply_preset
 from msmix_cli.models import BACKBONES
 
 SECTIONS = ("data", "model", "mix", "train")
 SEED_LIMIT = 2**64
+MAX_RECIPE_BYTES = 1024**2  # a recipe is a few hundred bytes; a bound keeps a huge or endless file from filling memory
 
 
 @dataclass
@@ -118,16 +120,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     try:
         path = path.resolve()
-    except (OSError, ValueError) as error:  # a symlink loop, a NUL in a `base:` name
-        raise BadInput(f"cannot read recipe {path}: {error}") from None
+    except (OSError, ValueError, RuntimeError) as error:  # a symlink loop (RuntimeError before 3.13), a NUL in a name
+        raise BadInput(f"cannot read recipe {path}: {first_line(error)}") from None
     if path in seen:
         raise BadInput(f"recipe {path} includes itself through 'base:'")
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BadInput(f"recipe not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise BadInput(f"cannot read recipe {path}: {error}") from None
+        loaded = yaml.safe_load(recipe_text(path))
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -145,6 +143,30 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if not isinstance(base, str):
         raise BadInput(f"'base' in recipe {path} must be a file name")
     return merge(_read_yaml(path.parent / base, (*seen, path)), loaded)
+
+
+def recipe_text(path: Path) -> str:
+    """The text of a recipe file: a regular file of at most MAX_RECIPE_BYTES (not a device that never ends, not a
+    FIFO that never answers), UTF-8."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # without O_NONBLOCK, opening a FIFO waits for a writer
+    except FileNotFoundError:
+        raise BadInput(f"recipe not found: {path}") from None
+    except OSError as error:
+        raise BadInput(f"cannot read recipe {path}: {error.strerror or error}") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BadInput(f"recipe {path} is not a regular file")
+        try:
+            data = handle.read(MAX_RECIPE_BYTES + 1)
+        except OSError as error:  # a folder's name ends here on some systems; a failing disk
+            raise BadInput(f"cannot read recipe {path}: {error.strerror or error}") from None
+    if len(data) > MAX_RECIPE_BYTES:
+        raise BadInput(f"recipe {path} is larger than {MAX_RECIPE_BYTES // 1024**2} MB; a recipe is a short YAML file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise BadInput(f"cannot read recipe {path}: {error}") from None
 
 
 def merge(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:

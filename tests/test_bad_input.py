@@ -1,7 +1,9 @@
 """Bad input, generated: whatever a recipe, a command line or a damaged data file holds, msmix ends cleanly.
 
 Hypothesis draws recipes, command lines, MMSA pickles, SDK `.csd` files and msmix caches, each spoiled in its
-own way, and runs the command that reads them through Typer's CliRunner. Every case must keep:
+own way, and hostile ones: pickles that build arrays over raw bytes, recipe files that are no files (a FIFO, a
+device, a huge file, a symlink loop), run names that are paths and checkpoints with the wrong contents. It
+runs the command that reads them through Typer's CliRunner. Every case must keep:
 
 - exit code 0 (usable after all) or 2 (bad input): never 1, never an uncaught exception;
 - with 2, stderr is one line that starts with `error:`, and no warning was printed before it;
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import pickle
 import re
 import shlex
@@ -49,8 +52,13 @@ CLI_CASES = 60
 PICKLE_CASES = 50
 CSD_CASES = 30
 CACHE_CASES = 30
-TOTAL_CASES = RECIPE_CASES + CLI_CASES + PICKLE_CASES + CSD_CASES + CACHE_CASES
-assert TOTAL_CASES >= 200
+HOSTILE_PICKLE_CASES = 20  # arrays built over raw bytes, dtypes that hide their objects
+RECIPE_FILE_CASES = 15  # a base that is a FIFO, a device, a huge file, a symlink loop
+NAME_CASES = 15  # a --name that is a path
+CHECKPOINT_CASES = 15  # a checkpoint torch reads, with the wrong contents
+TOTAL_CASES = (RECIPE_CASES + CLI_CASES + PICKLE_CASES + CSD_CASES + CACHE_CASES + HOSTILE_PICKLE_CASES
+               + RECIPE_FILE_CASES + NAME_CASES + CHECKPOINT_CASES)
+assert TOTAL_CASES >= 265
 
 MOSI, MOSEI = DATASETS.get("mosi"), DATASETS.get("mosei")
 SPLITS = ("train", "valid", "test")
@@ -621,3 +629,157 @@ def test_a_damaged_cache_is_used_or_refused_by_train_and_inspect(cache_file: tup
         run_msmix(["preprocess", "--inspect", path, "--format", "json"], root=root, inputs=[path])
         if how != "flip" or features_unchanged(path, original):
             run_msmix([*TRAIN_ON_CACHE, "--data-root", root / "data", "--out", root / "runs"], root=root, inputs=[path])
+
+
+# ---------------------------------------------------------------------------------------------- hostile pickles
+
+class Reduces:
+    """Pickles as `function(*args)` (then `state` through BUILD, if given): how a crafted file builds objects."""
+
+    def __init__(self, function: Any, args: tuple, state: Any = None) -> None:
+        self.function, self.args, self.state = function, args, state
+
+    def __reduce__(self) -> tuple:
+        return (self.function, self.args) if self.state is None else (self.function, self.args, self.state)
+
+
+RECONSTRUCT = np.zeros(1).__reduce__()[0]
+FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]
+SCALAR = np.float64(1).__reduce__()[0]
+
+
+def hostile_value(how: str, raw: bytes, dtype: np.dtype) -> Reduces:
+    """Something that, unpickled, would read `raw` as memory (object pointers) or set state where it may not."""
+    if how == "ndarray over bytes":
+        return Reduces(np.ndarray, ((len(raw) // dtype.itemsize,), dtype, raw))
+    if how == "dtype that hides its objects":
+        lying = Reduces(np.dtype, ("V8", False, True), (3, "|", None, ("x",), {"x": (np.dtype("O"), 0)}, 8, 1, 0))
+        return Reduces(RECONSTRUCT, (np.ndarray, (0,), b"b"), (1, (len(raw) // 8,), lying, False, raw))
+    if how == "frombuffer":
+        return Reduces(FROMBUFFER, (raw, dtype, (len(raw) // dtype.itemsize,), "C"))
+    if how == "scalar":
+        return Reduces(SCALAR, (dtype, raw[: dtype.itemsize]))
+    return Reduces(RECONSTRUCT, (np.dtype, (0,), b"b"))  # "another type": _reconstruct of a type not ndarray
+
+
+@cases(HOSTILE_PICKLE_CASES)
+@given(how=st.sampled_from(["ndarray over bytes", "dtype that hides its objects", "frombuffer", "scalar", "another type"]),
+       dtype=st.sampled_from([np.dtype("O"), np.dtype([("a", "O"), ("b", "f8")]), np.dtype(("O", (2,))), np.dtype("f8")]),
+       raw=st.binary(min_size=16, max_size=64).map(lambda b: b[: len(b) // 16 * 16]),
+       split=st.sampled_from(SPLITS), key=st.sampled_from(["id", "text", "regression_labels", "raw_text"]),
+       protocol=st.sampled_from([2, 4, 5]))
+def test_a_hostile_pickle_is_refused_in_one_line(how: str, dtype: np.dtype, raw: bytes, split: str, key: str,
+                                                 protocol: int) -> None:
+    content = mmsa_content("aligned")
+    content[split][key] = hostile_value(how, raw, dtype)
+    with case_folder() as root:
+        path = root / "raw" / "mosi" / "aligned_50.pkl"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(pickle.dumps(content, protocol=protocol))
+        run_msmix(["preprocess", "--dataset", "mosi", "--data-root", root], root=root, inputs=[path])
+        run_msmix(["preprocess", "--inspect", path], root=root, inputs=[path])
+
+
+# ---------------------------------------------------------------------------------------------- recipe files
+
+def special_base(root: Path, kind: str) -> str:
+    """A `base:` that is no recipe file: what it names, made in `root`."""
+    if kind == "fifo":
+        os.mkfifo(root / "fifo.yaml")  # nobody ever writes to it: reading it would wait forever
+        return str(root / "fifo.yaml")
+    if kind == "huge":
+        (root / "huge.yaml").write_bytes(b"# " + b"x" * (1024**2 + 10) + b"\n")
+        return str(root / "huge.yaml")
+    if kind == "symlink loop":
+        (root / "a.yaml").symlink_to(root / "b.yaml")
+        (root / "b.yaml").symlink_to(root / "a.yaml")
+        return "a.yaml"
+    if kind == "cycle":
+        (root / "c.yaml").write_text("base: recipe.yaml\n")
+        return "c.yaml"
+    if kind == "folder":
+        (root / "folder.yaml").mkdir()
+        return "folder.yaml"
+    return kind  # a device: /dev/zero never ends, /dev/null is empty, /dev/urandom is noise
+
+
+@cases(RECIPE_FILE_CASES)
+@given(kind=st.sampled_from(["fifo", "huge", "symlink loop", "cycle", "folder", "/dev/zero", "/dev/null", "/dev/urandom"]),
+       through=st.sampled_from(["base", "recipe"]))
+def test_a_recipe_file_that_is_no_file_is_refused_in_one_line(kind: str, through: str) -> None:
+    with case_folder() as root:
+        target = special_base(root, kind)
+        recipe = root / "recipe.yaml"
+        if through == "base":
+            recipe.write_text(f"base: {target}\ntrain: {{max_epochs: 1}}\n")
+        else:
+            recipe = Path(target) if target.startswith("/") else root / target
+        inputs = [p for p in (root / "recipe.yaml", root / "huge.yaml", root / "c.yaml") if p.is_file()]
+        code = run_msmix(["train", "--recipe", recipe, "--dry-run", "--data-root", root / "data", "--out", root / "runs"],
+                         root=root, inputs=inputs)
+        assert code == 2
+
+
+# ---------------------------------------------------------------------------------------------- names
+
+PATH_PARTS = st.sampled_from(["..", ".", "", "x", "runs", "/", "/tmp", "~", "a b"])
+
+
+@cases(NAME_CASES)
+@given(parts=st.lists(PATH_PARTS, min_size=1, max_size=4), absolute=st.booleans())
+def test_a_name_that_is_a_path_is_refused_in_one_line(parts: list[str], absolute: bool) -> None:
+    name = ("/" if absolute else "") + "/".join(parts)
+    if name not in ("", ".", "..") and "/" not in name:
+        name = f"../{name}"  # always a path: this family is about names that leave --out
+    with case_folder() as root:
+        assert run_msmix(["train", "--dry-run", "--name", name, "--data-root", root / "data", "--out", root / "runs"],
+                         root=root) == 2
+        result = runner.invoke(app, ["train", "--resume", str(root / "nothing"), "--name", name])
+        assert result.exit_code == 2
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+def spoiled_checkpoint(state: dict, how: str, rng: np.random.Generator) -> Any:
+    import torch
+
+    model = state["model"]
+    if how == "empty model":
+        return {"model": {}}
+    if how == "list":
+        return [1, 2, 3]
+    if how == "other shapes":
+        key = sorted(model)[int(rng.integers(len(model)))]
+        return {**state, "model": {**model, key: torch.zeros(tuple(int(d) + 1 for d in model[key].shape))}}
+    if how == "missing key":
+        key = sorted(model)[int(rng.integers(len(model)))]
+        return {**state, "model": {k: v for k, v in model.items() if k != key}}
+    if how == "extra key":
+        return {**state, "model": {**model, "intruder.weight": torch.zeros(2)}}
+    if how == "no model":
+        return {"weights": model}
+    return {**state, "model": [1.0, 2.0]}  # "model not a dict"
+
+
+@cases(CHECKPOINT_CASES)
+@given(how=st.sampled_from(["empty model", "list", "other shapes", "missing key", "extra key", "no model", "model not a dict"]),
+       file=st.sampled_from(["checkpoint.pt", "last.pt"]), seed=st.integers(0, 2**32 - 1))
+def test_a_checkpoint_with_the_wrong_contents_is_refused_in_one_line(real_run: tuple[Path, Path], how: str, file: str,
+                                                                     seed: int) -> None:
+    import json
+
+    import torch
+
+    run, data = real_run
+    with case_folder() as root:
+        copy = root / "copy"
+        shutil.copytree(run, copy)
+        state = torch.load(copy / file, weights_only=True)
+        torch.save(spoiled_checkpoint(state, how, np.random.default_rng(seed)), copy / file)
+        if file == "last.pt":  # a resume reads it: the run must look interrupted
+            info = json.loads((copy / "run.json").read_text())
+            (copy / "run.json").write_text(json.dumps({**info, "status": "interrupted"}))
+            code = run_msmix(["train", "--resume", copy, "--data-root", data], root=root, inputs=[copy / file])
+        else:
+            code = run_msmix(["evaluate", copy, "--data-root", data], root=root, inputs=[copy / file])
+        assert code == 2

@@ -63,9 +63,9 @@ def fill_disk(monkeypatch: pytest.MonkeyPatch) -> Callable[[Rule], FullDisk]:
 
         def mkstemp(suffix: str | None = None, prefix: str | None = None, dir: str | os.PathLike[str] | None = None,
                     text: bool = False) -> tuple[int, str]:
-            # atomic_path names its temporary file ".<target name>.<random>.tmp" beside the target
-            atomic = bool(prefix and prefix.startswith(".") and suffix == ".tmp" and dir is not None)
-            refused = atomic and disk.refuses(Path(dir) / prefix[1:-1])
+            # atomic_path names its temporary file ".<target name>.<pid>.<random>.tmp" beside the target
+            atomic = re.fullmatch(r"\.(.+)\.\d+\.", prefix or "") if suffix == ".tmp" and dir is not None else None
+            refused = atomic is not None and disk.refuses(Path(dir) / atomic.group(1))
             fd, name = make_temporary(suffix=suffix, prefix=prefix, dir=dir, text=text)
             if refused:
                 os.close(fd)

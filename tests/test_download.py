@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import pty
 import re
+import subprocess
+import sys
+import tempfile
 import threading
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
+import h5py
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -39,6 +46,10 @@ class FileServer(ThreadingHTTPServer):
         self.release = threading.Event()  # lets stalled handlers end at teardown
         self.stalling = False
         self.requests: list[tuple[str, str | None]] = []
+        self.length_header: str | None = None  # sent instead of the true Content-Length
+        self.range_from_zero = False  # a 206 whose Content-Range starts at 0 whatever was asked
+        self.trickle = False  # one byte at a time, each as its own write
+        self.redirects: dict[str, str] = {}  # path -> Location of a 302
 
     @property
     def base(self) -> str:
@@ -56,6 +67,12 @@ class RangeHandler(BaseHTTPRequestHandler):
         if self.server.stalling:
             self.server.release.wait(5)  # far longer than the client waits
             return
+        if self.path in self.server.redirects:
+            self.send_response(302)
+            self.send_header("Location", self.server.redirects[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         body = self.server.files.get(self.path)
         if body is None:
             self.send_error(404, "Not Found")
@@ -72,10 +89,19 @@ class RangeHandler(BaseHTTPRequestHandler):
             start = 0
         else:
             self.send_response(206)
+            if self.server.range_from_zero:
+                start = 0
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         payload = body[start:]
-        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Content-Length", self.server.length_header or str(len(payload)))
         self.end_headers()
+        if self.server.trickle:
+            for position in range(len(payload)):
+                if self.server.release.wait(0.05):  # until the client gives up (or the test ends)
+                    return
+                self.wfile.write(payload[position:position + 1])
+                self.wfile.flush()
+            return
         if self.path in self.server.cut:
             self.server.cut.discard(self.path)
             self.wfile.write(payload[: len(payload) // 2])
@@ -117,11 +143,20 @@ def remote(name: str, data: bytes | None = None, **kwargs) -> RemoteFile:
     return RemoteFile(name, f"http://example.invalid/files/{name}", sha(data) if data is not None else None, **kwargs)
 
 
+def hdf5_bytes(size: int, seed: int) -> bytes:
+    """A small HDF5 file (what a .csd is) holding `size` bytes of data."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "f.h5"
+        with h5py.File(path, "w") as handle:
+            handle.create_dataset("data", data=np.frombuffer(body(size, seed), dtype=np.uint8))
+        return path.read_bytes()
+
+
 def serve_mosi_mmsdk(server: FileServer) -> dict[str, bytes]:
     """Put the registry's four MOSI .csd paths on the server; returns file name -> bytes."""
     served = {}
     for number, file in enumerate(DATASETS.get("mosi").sources["mmsdk"]):
-        data = body(5000 + number * 1000, seed=number)
+        data = hdf5_bytes(5000 + number * 1000, seed=number)
         server.files["/" + file.url.split("/", 3)[3]] = data
         served[file.name] = data
     return served
@@ -342,3 +377,126 @@ def test_bad_features_are_one_line_naming_what_is_expected(tmp_path: Path, featu
                                  "--features", features, "--data-root", str(tmp_path / "data")])
     assert result.exit_code == 2
     assert fragment in " ".join(result.stderr.split())
+
+
+# ------------------------------------------------------------------------ servers that misbehave (issue 11)
+
+def one_error_line(result) -> str:
+    """Every download error is one line of stderr: no blank line before it, nothing after it."""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error:"), repr(result.stderr)
+    return result.stderr.strip()
+
+
+def cli_download(server: FileServer, tmp_path: Path, *more: str):
+    return runner.invoke(app, ["download", "--dataset", "mosi", "--source", "mmsdk", "--mirror", server.base,
+                               "--data-root", str(tmp_path), "--retries", "0", "--timeout", "5", *more])
+
+
+def test_a_content_length_that_is_no_number_means_an_unknown_length(server: FileServer, tmp_path: Path) -> None:
+    served = serve_mosi_mmsdk(server)
+    server.length_header = "lots"
+    result = cli_download(server, tmp_path)
+    assert result.exit_code == 0, result.stderr
+    assert all((tmp_path / "raw" / "mosi" / name).read_bytes() == data for name, data in served.items())
+
+
+def test_a_deadline_bounds_a_server_that_trickles(server: FileServer, tmp_path: Path) -> None:
+    """A byte every 50 ms never trips the per-read --timeout; --deadline ends the download."""
+    serve_mosi_mmsdk(server)
+    server.trickle = True
+    result = cli_download(server, tmp_path, "--deadline", "1")
+    assert result.exit_code == 1
+    assert "not complete within --deadline 1 s" in one_error_line(result)
+
+
+def test_a_206_from_the_wrong_place_is_not_appended(server: FileServer, tmp_path: Path) -> None:
+    data = body(4000)
+    server.files["/files/r.bin"] = data
+    part = tmp_path / "r.bin.part"
+    part.write_bytes(data[:1000])
+    server.range_from_zero = True
+    with pytest.raises(RunFailed, match="Content-Range 'bytes 0-3999/4000' for a request from byte 1000"):
+        fetch(remote("r.bin"), tmp_path, replace(FAST, mirror=server.base), dataset="mosi")
+    server.range_from_zero = False
+    fetch(remote("r.bin", data), tmp_path, replace(FAST, mirror=server.base), dataset="mosi")  # afresh, and right
+    assert (tmp_path / "r.bin").read_bytes() == data
+
+
+@pytest.mark.parametrize("page", [b"<html><body>502 Bad Gateway</body></html>", b"\x89HDF\r\n\x1a\n" + b"\0" * 40])
+def test_a_csd_that_is_no_hdf5_file_is_not_declared_downloaded(server: FileServer, tmp_path: Path, page: bytes) -> None:
+    server.files["/files/x.csd"] = page
+    with pytest.raises(RunFailed, match="did not send an HDF5 file"):
+        fetch(remote("x.csd"), tmp_path, replace(FAST, mirror=server.base), dataset="mosi")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_redirect_to_another_host_is_followed_and_shown(server: FileServer, tmp_path: Path) -> None:
+    other = FileServer()
+    threading.Thread(target=other.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        data = body(3000)
+        other.files["/moved/m.bin"] = data
+        server.redirects["/files/m.bin"] = other.base.replace("127.0.0.1", "localhost") + "moved/m.bin"
+        seen: list[str] = []
+        fetch(remote("m.bin", data), tmp_path, replace(FAST, mirror=server.base),
+              progress=lambda name, done, total: seen.append(name), dataset="mosi")
+        assert (tmp_path / "m.bin").read_bytes() == data
+        assert seen and set(seen) == {f"m.bin (redirected to localhost:{other.server_address[1]})"}
+    finally:
+        other.shutdown()
+        other.server_close()
+
+
+@pytest.mark.parametrize("location", ["file:///etc/passwd", "ftp://127.0.0.1/x.csd"])
+def test_a_redirect_off_the_web_is_bad_input_at_once(server: FileServer, tmp_path: Path, location: str) -> None:
+    serve_mosi_mmsdk(server)
+    first = DATASETS.get("mosi").sources["mmsdk"][0]
+    server.redirects["/" + first.url.split("/", 3)[3]] = location
+    result = cli_download(server, tmp_path, "--retries", "3")
+    assert result.exit_code == 2
+    assert f"redirects to {location}; only http and https" in one_error_line(result)
+    assert len(server.requests) == 1  # refused, not retried
+
+
+@pytest.mark.parametrize("mirror", ["file:///tmp/", "ftp://example.org/", "127.0.0.1:8000"])
+def test_a_mirror_off_the_web_is_bad_input(tmp_path: Path, mirror: str) -> None:
+    result = runner.invoke(app, ["download", "--dataset", "mosi", "--source", "mmsdk", "--mirror", mirror,
+                                 "--data-root", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "is not an http:// or https:// address" in one_error_line(result)
+
+
+def test_a_failed_download_is_one_line_after_files_that_came(server: FileServer, tmp_path: Path) -> None:
+    """In a child process, as a user runs it, stderr a pipe: the bars of the files that came were printed there
+    (after a blank line) before the error of the one that did not."""
+    serve_mosi_mmsdk(server)
+    server.files.pop("/" + DATASETS.get("mosi").sources["mmsdk"][-1].url.split("/", 3)[3])  # the last one: 404
+    done = subprocess.run([sys.executable, "-m", "msmix_cli", "download", "--dataset", "mosi", "--source", "mmsdk",
+                           "--mirror", server.base, "--data-root", str(tmp_path), "--retries", "0"],
+                          capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error:") and "HTTP 404" in done.stderr, repr(done.stderr)
+
+
+def test_on_a_terminal_a_stalled_download_fails_in_one_line(server: FileServer, tmp_path: Path) -> None:
+    """stderr a terminal (a pty): the live display, stopped before its first bar, ended with a blank line."""
+    server.stalling = True
+    serve_mosi_mmsdk(server)
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "msmix_cli", "download", "--dataset", "mosi", "--source", "mmsdk",
+                                "--mirror", server.base, "--data-root", str(tmp_path), "--retries", "0", "--timeout", "1"],
+                               stdout=subprocess.DEVNULL, stderr=secondary)
+    os.close(secondary)
+    shown = b""
+    while True:
+        try:
+            piece = os.read(primary, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not piece:
+            break
+        shown += piece
+    os.close(primary)
+    assert process.wait(timeout=1800) == 1
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode()).replace("\r", "")
+    assert text.startswith("error:") and text.count("\n") == 1 and "no answer within 1 s" in text, repr(text)

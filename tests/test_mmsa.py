@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -218,3 +220,77 @@ def test_an_unaligned_pickle_without_lengths_is_bad_input(tmp_path: Path) -> Non
 def test_a_missing_pickle_says_how_to_import_it(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match=r"aligned_50.pkl not found; import .* --from PATH"):
         preprocess("mosi", data_root=tmp_path)
+
+
+# ------------------------------------------------------------------------ pickles that build arrays over raw bytes
+
+class Reduces:
+    """Pickles as `function(*args)`, plus `state` for BUILD when given: how a crafted file builds numpy objects."""
+
+    def __init__(self, function, args: tuple, state=None) -> None:
+        self.function, self.args, self.state = function, args, state
+
+    def __reduce__(self):
+        return (self.function, self.args) if self.state is None else (self.function, self.args, self.state)
+
+
+RAW = b"AAAAAAAA" * 4  # read as four object pointers, 0x4141414141414141 each
+# numpy's own pickling functions, whichever module (numpy.core or numpy._core) holds them
+RECONSTRUCT = np.zeros(1).__reduce__()[0]
+FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]
+SCALAR = np.float64(1).__reduce__()[0]
+
+
+def object_array_from_bytes() -> Reduces:
+    return Reduces(np.ndarray, ((4,), np.dtype("O"), RAW))
+
+
+def dtype_that_hides_its_objects() -> Reduces:
+    """A structured dtype with an object field, its pickled flags saying it holds none."""
+    lying = Reduces(np.dtype, ("V8", False, True), (3, "|", None, ("x",), {"x": (np.dtype("O"), 0)}, 8, 1, 0))
+    return Reduces(RECONSTRUCT, (np.ndarray, (0,), b"b"), (1, (4,), lying, False, RAW))
+
+
+def object_array_from_frombuffer() -> Reduces:
+    return Reduces(FROMBUFFER, (RAW, np.dtype("O"), (4,), "C"))
+
+
+def object_scalar_from_bytes() -> Reduces:
+    return Reduces(SCALAR, (np.dtype("O"), RAW[:8]))
+
+
+@pytest.mark.parametrize("crafted", [object_array_from_bytes, dtype_that_hides_its_objects, object_array_from_frombuffer,
+                                     object_scalar_from_bytes])
+def test_an_array_built_over_raw_bytes_is_refused_not_a_crash(tmp_path: Path, crafted) -> None:
+    """In a child process: before the fix, the first two crashed the interpreter (exit 139, nothing said)."""
+    content = mmsa_content()
+    content["train"]["id"] = crafted()
+    write_pickle(tmp_path / "raw" / "mosi" / "aligned_50.pkl", content)
+    done = subprocess.run([sys.executable, "-m", "msmix_cli", "preprocess", "--dataset", "mosi", "--data-root", str(tmp_path)],
+                          capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert done.stderr.count("\n") == 1 and "refused to load" in done.stderr and "aligned_50.pkl" in done.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("element", [{"x": 1}, np.zeros(2), 1.5, None])
+def test_an_id_that_is_not_text_is_refused_not_printed(tmp_path: Path, element) -> None:
+    content = mmsa_content()
+    content["valid"]["id"] = np.array([element, "b", "c"], dtype=object)
+    write_pickle(tmp_path / "raw" / "mosi" / "aligned_50.pkl", content)
+    with pytest.raises(BadInput, match=r"valid/id holds a \w+, expected text ids"):
+        preprocess("mosi", data_root=tmp_path)
+
+
+@pytest.mark.parametrize("value", [
+    np.zeros(3, dtype=np.dtype([("a", "i1"), ("b", "f8")], align=True)),
+    np.array([(1, "x"), (2, "y")], dtype=[("a", "i4"), ("b", "O")]),
+    np.zeros(2, dtype=[("a", "f4", (2, 2))]),
+    np.zeros(1, dtype={"names": ["a"], "formats": ["f4"], "titles": ["T"]}),
+    np.array(["2020-01-01"], dtype="datetime64[s]"),
+    np.zeros(1, dtype=[("a", "f4"), ("b", "i2")])[0],
+], ids=["aligned struct", "struct with objects", "subarray field", "titles", "datetime", "void scalar"])
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_honest_dtypes_of_every_kind_still_load(tmp_path: Path, value, protocol: int) -> None:
+    loaded = load_pickle(write_pickle(tmp_path / "p.pkl", {"v": value}, protocol=protocol))["v"]
+    assert loaded.dtype == value.dtype and np.all(loaded == value)

@@ -1,5 +1,10 @@
 """Recipes: precedence, validation with one-line errors naming the key, and the shipped recipe files."""
 
+import contextlib
+import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -103,3 +108,54 @@ def test_every_dataset_backbone_pair_has_a_recipe():
     names = {p.stem for p in shipped_recipes()}
     missing = [f"{d}-{b}" for d in DATASETS.names() for b in BACKBONES.names() if f"{d}-{b}" not in names]
     assert not missing
+
+
+# ------------------------------------------------------------ recipe files that are not files: endless, silent, looping
+
+def fifo_that_answers(path: Path) -> Path:
+    """A FIFO whose writer sends a valid recipe once someone opens it: a reader that waits for it gets an answer
+    (so the test ends either way), one that refuses it never opens it for writing."""
+    os.mkfifo(path)
+
+    def write() -> None:
+        with contextlib.suppress(OSError), open(path, "wb") as handle:
+            handle.write(b"train: {lr: 0.001}\n")
+
+    threading.Thread(target=write, daemon=True).start()
+    return path
+
+
+@pytest.mark.parametrize("make_base, fragment", [
+    (lambda folder: fifo_that_answers(folder / "fifo.yaml"), "is not a regular file"),
+    (lambda folder: Path("/dev/null"), "is not a regular file"),
+    (lambda folder: (folder / "big.yaml").write_bytes(b"# padding\n" * 110_000) and folder / "big.yaml",
+     "larger than 1 MB"),
+])
+def test_a_base_that_is_no_recipe_file_is_named_in_one_line(tmp_path, make_base, fragment):
+    base = make_base(tmp_path)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"base: {base}\ntrain: {{lr: 0.001}}\n")
+    with pytest.raises(BadInput, match=fragment) as raised:
+        read_yaml(recipe)
+    assert str(base.resolve()) in str(raised.value)
+
+
+def test_an_endless_device_is_refused_without_reading_it(tmp_path):
+    """/dev/zero read to its end fills memory: in a child process with a 2 GB address-space limit."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("base: /dev/zero\n")
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 * 1024**3, 2 * 1024**3))\n"
+            "from msmix_cli.errors import BadInput\nfrom msmix_cli.recipes import read_yaml\n"
+            f"try:\n    read_yaml(__import__('pathlib').Path({str(recipe)!r}))\n"
+            "except BadInput as error:\n    print(error)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0 and "/dev/zero is not a regular file" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_symlink_loop_as_base_is_named_in_one_line(tmp_path):
+    (tmp_path / "a.yaml").symlink_to(tmp_path / "b.yaml")
+    (tmp_path / "b.yaml").symlink_to(tmp_path / "a.yaml")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("base: a.yaml\n")
+    with pytest.raises(BadInput, match=r"cannot read recipe .*a\.yaml"):
+        read_yaml(recipe)

@@ -11,12 +11,13 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from msmix_cli.ablation import (REFERENCE, AblationPlanned, AblationResult, AblationSpec, Event, RunFinished, parse_names,
                                 parse_seeds, parse_variants, run_ablation, variant_label)
 from msmix_cli.cli.app import app, err, out, reports_errors
+from msmix_cli.cli.progress import live_bars
 from msmix_cli.cli.train import OutputFormat, training_overrides
 from msmix_cli.data.loading import data_root_default
 from msmix_cli.data.specs import DATASETS
@@ -130,8 +131,8 @@ class AblationProgress:
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console, transient=True)
+        self.progress = live_bars(console, TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn("{task.fields[note]}"), TimeElapsedColumn())
         self.runs: Any = None
         self.epochs: Any = None
 
@@ -156,7 +157,7 @@ class AblationProgress:
     def planned(self, event: AblationPlanned) -> None:
         parts = [f"{event.runs} runs: {event.reused} complete and reused, {event.to_train} to train"]
         if event.redone:
-            parts.append(f"{event.redone} of them interrupted before, removed and redone")
+            parts.append(f"{event.redone} of them interrupted before, resumed or redone")
         if event.to_train:
             parts.append(f"{event.jobs} at a time")
         self.console.print(", ".join(parts), highlight=False)

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from msmix_cli import signals
 from msmix_cli.errors import MsmixError
 from msmix_cli.io import os_failure
 
@@ -68,8 +69,8 @@ def reports_errors(command: F) -> F:
         except MsmixError as error:
             print_error(str(error))
             raise typer.Exit(error.exit_code) from None
-        except KeyboardInterrupt:
-            err.print("interrupted", highlight=False)
+        except KeyboardInterrupt:  # a signal outside the places that stop at a safe point
+            print_error(f"stopped by {signals.name()}")
             raise typer.Exit(130) from None
         except OSError as error:
             # The system refused something no reader reported more precisely, mostly a path the user gave (a name

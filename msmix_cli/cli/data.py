@@ -11,11 +11,12 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskID,
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, ProgressColumn, TaskID,
                            TextColumn, TimeRemainingColumn, TransferSpeedColumn)
 from rich.table import Table
 
 from msmix_cli.cli.app import app, err, out, reports_errors
+from msmix_cli.cli.progress import live_bars
 from msmix_cli.data.download import DownloadReport, HttpSettings, download
 from msmix_cli.data.imported import import_csd, import_pickle
 from msmix_cli.data.inspect import Entry, Inspection, inspect_file
@@ -56,8 +57,8 @@ class NamedBars:
     """One Rich bar per name (a file, a stage), created on its first report. Use as a context manager."""
 
     def __init__(self, console: Console, *columns: ProgressColumn, transient: bool = False) -> None:
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), *columns, console=console,
-                                 transient=transient)
+        self.progress = live_bars(console, TextColumn("[bold]{task.description}"), BarColumn(), *columns,
+                                  transient=transient)
         self.tasks: dict[str, TaskID] = {}
 
     def __enter__(self) -> NamedBars:
@@ -93,12 +94,14 @@ def download_command(
     mirror: Optional[str] = typer.Option(None, help="A base URL serving the same paths as the SDK's host."),
     retries: int = typer.Option(4, min=0, help="Attempts after the first, with a doubling pause between them."),
     timeout: float = typer.Option(60.0, min=0.1, help="Seconds a connection or a read may stall."),
+    deadline: Optional[float] = typer.Option(None, min=0.1, help="Seconds one file's whole download may take, "
+                                             "retries included (a server that trickles a byte a second never stalls)."),
 ) -> None:
     """Fetch a dataset's published files into <data-root>/raw/<dataset>/, resuming and verifying them.
 
     Example: msmix download --dataset mosi --source mmsdk --from ~/csd --features audio=covarep.csd
     """
-    http = HttpSettings(timeout=timeout, retries=retries, mirror=mirror)
+    http = HttpSettings(timeout=timeout, deadline=deadline, retries=retries, mirror=mirror)
     named = parse_features(features)
     with NamedBars(err, DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()) as progress:
         report = download(dataset, source, data_root=data_root or data_root_default(), from_path=from_path,

@@ -2,11 +2,37 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from msmix_cli.training.events import BatchDone, EpochDone, Event, RunStarted
+
+
+class _BarsOnceThereAreBars(Progress):
+    """Starts drawing with its first bar: a live display stopped before it drew one leaves a blank line, which
+    would come before an error's one line (a download refused at its first request, say)."""
+
+    def start(self) -> None:
+        """Deferred to the first `add_task`."""
+
+    def add_task(self, *args: Any, **kwargs: Any) -> TaskID:
+        task = super().add_task(*args, **kwargs)
+        if not self.live.is_started:
+            super().start()
+        return task
+
+    def stop(self) -> None:
+        if self.live.is_started:
+            super().stop()
+
+
+def live_bars(console: Console, *columns: ProgressColumn, transient: bool = True) -> Progress:
+    """Progress bars, drawn on a terminal only and from the first bar on: on a log or a pipe, Rich ends them
+    with a blank line, and their frames are of no use there."""
+    return _BarsOnceThereAreBars(*columns, console=console, transient=transient, disable=not console.is_terminal)
 
 
 class TrainingProgress:
@@ -15,10 +41,9 @@ class TrainingProgress:
     def __init__(self, console: Console, verbose: bool = True) -> None:
         self.console = console
         self.verbose = verbose
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        self.progress = live_bars(
+            console, TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"), TextColumn("valid MAE {task.fields[mae]}"), TimeElapsedColumn(),
-            console=console, transient=True,
         )
         self.epochs = self.batches = None
 

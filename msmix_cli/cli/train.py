@@ -24,7 +24,7 @@ from msmix_cli.report import comparison_table, metrics_table, to_csv, to_json
 from msmix_cli.training import distributed
 from msmix_cli.training.loop import build_networks, evaluate_run, fit, published_shape
 from msmix_cli.training.perturb import PerturbSpec
-from msmix_cli.training.rundir import RunDir
+from msmix_cli.training.rundir import RunDir, folder_name
 
 MIX_PARTS = ("sass", "sig", "sal")
 
@@ -97,6 +97,8 @@ def train(
     """
     if nproc > 1 and not distributed.launched_by_torchrun():
         raise typer.Exit(distributed.launch(nproc, sys.argv[1:]))
+    if name is not None:
+        folder_name(name)
     root = data_root or data_root_default()
     DATASETS.use_data_root(root)  # where imported datasets are looked up
     if resume is not None:
@@ -107,7 +109,10 @@ def train(
         if given:
             raise BadInput(f"--resume continues a run with its saved recipe; drop {given[0]}")
         run = resumable_run(resume)
-        run_training(run.recipe(), run, root, output, resume=True)
+        try:
+            run_training(run.recipe(), run, root, output, resume=True)
+        finally:
+            run.release()
         return
     drops = drop_overrides(drop, no_sass, no_sig, no_sal)
     resolved = resolve_recipe(recipe, dataset=dataset, backbone=backbone, assignments=set_,
@@ -118,28 +123,48 @@ def train(
                   f"(+{count_parameters(mixer):,} in the {resolved.mix.name} mixer); recipe is valid.", highlight=False)
         return
     run, resuming = distributed.on_main(lambda: choose_run(resolved, out_dir, name))
-    run_training(resolved, run, root, output, resume=resuming)
+    try:
+        run_training(resolved, run, root, output, resume=resuming)
+    finally:
+        run.release()
 
 
 def choose_run(recipe: Recipe, out_dir: Path, name: str | None) -> tuple[RunDir, bool]:
-    """The run directory to train into, and whether it continues an interrupted run of the same recipe."""
-    existing = RunDir(out_dir / name) if name else None
-    if existing is not None and existing.resumable:
-        if existing.recipe() != recipe:
-            raise BadInput(f"{existing.path} holds an interrupted run with another recipe; resume it with --resume or pick another --name")
-        err.print(f"resuming the interrupted run in {escape(str(existing.path))}", highlight=False)
-        return existing, True
-    return RunDir.create(out_dir, name or default_run_name(recipe)), False
+    """The run directory to train into, locked, and whether it continues an interrupted run of the same recipe."""
+    if name is None:
+        return RunDir.claim(out_dir, default_run_name(recipe), numbered=True), False
+    run = RunDir.claim(out_dir, name)
+    try:
+        if run.resumable:
+            if run.recipe() != recipe:
+                raise BadInput(f"{run.path} holds an interrupted run with another recipe; resume it with --resume or pick another --name")
+            err.print(f"resuming the interrupted run in {escape(str(run.path))}", highlight=False)
+            return run, True
+        if run.holds_anything():
+            raise BadInput(f"run directory {run.path} already exists; choose another --name or remove it")
+    except BaseException:
+        run.release()
+        raise
+    return run, False
 
 
 def resumable_run(path: Path) -> RunDir:
+    """The run folder `path`, locked, if a run there can go on."""
     run = RunDir(path)
     if not run.path.is_dir():
         raise BadInput(f"no run directory at {run.path}")
-    if run.info().get("status") == "complete":
-        raise BadInput(f"run {run.path} is already complete; nothing to resume (msmix evaluate {run.path})")
-    if not run.resumable:
-        raise BadInput(f"{run.path} is not a resumable msmix run (no recipe.yaml or status marker)")
+    run.take()
+    try:
+        if run.info().get("status") == "complete":
+            raise BadInput(f"run {run.path} is already complete; nothing to resume (msmix evaluate {run.path})")
+        if not run.started:
+            raise BadInput(f"{run.path} holds no recipe.yaml: the run was stopped before it started; run the msmix "
+                           "train command that made it again, which starts it in place")
+        if not run.resumable:
+            raise BadInput(f"{run.path} is not a resumable msmix run (no recipe.yaml or status marker)")
+    except BaseException:
+        run.release()
+        raise
     return run
 
 

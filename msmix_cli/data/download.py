@@ -17,21 +17,24 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 from urllib.error import HTTPError, URLError
-from urllib.parse import urlsplit
-from urllib.request import Request, urlopen
+from urllib.parse import urljoin, urlsplit
+from urllib.request import HTTPRedirectHandler, Request, build_opener
 
 from msmix_cli import __version__
 from msmix_cli.data.specs import DATASETS, DatasetSpec, RemoteFile, raw_dir
-from msmix_cli.errors import BadInput, RunFailed
+from msmix_cli.errors import BadInput, RunFailed, first_line
 
 ProgressCallback = Callable[[str, int, "int | None"], None]  # file name, bytes so far, total bytes (None: unknown)
 HASH_CHUNK = 1 << 20
 PERMANENT_HTTP_CODES = frozenset({400, 401, 403, 404, 405, 410, 451})
+WEB_SCHEMES = ("http", "https")
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
 class HttpSettings:
     timeout: float = 60.0  # seconds a connection or a single read may stall before the attempt counts as failed
+    deadline: float | None = None  # seconds one file's whole download may take, every attempt included
     retries: int = 4  # attempts after the first
     backoff: float = 2.0  # seconds before the first retry; doubles with each further retry
     mirror: str | None = None  # a base URL serving the same paths as the published host
@@ -61,6 +64,29 @@ class _Retryable(Exception):
 
 class _Permanent(Exception):
     """An answer a retry would not change: the file is not there, or we may not have it."""
+
+
+class _WebOnlyRedirects(HTTPRedirectHandler):
+    """Follows a redirect only to http(s); anywhere else (file://, ftp://) is refused at once, never retried."""
+
+    def http_error_302(self, req, fp, code, msg, headers):  # noqa: ANN001 (urllib's signature)
+        location = headers.get("location") or headers.get("uri")
+        target = urljoin(req.full_url, location) if location else None
+        if target is not None and urlsplit(target).scheme.lower() not in WEB_SCHEMES:
+            raise BadInput(f"{req.full_url} redirects to {target}; only http and https addresses are followed")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+_OPENER = build_opener(_WebOnlyRedirects)
+
+
+def check_web_address(url: str, option: str) -> str:
+    """`url` when it is an http(s) address; a mirror on another scheme is refused before anything is fetched."""
+    if urlsplit(url).scheme.lower() not in WEB_SCHEMES or not urlsplit(url).netloc:
+        raise BadInput(f"{option} {url!r} is not an http:// or https:// address")
+    return url
 
 
 def download(dataset: str, source: str | None = None, *, data_root: Path, from_path: Path | None = None,
@@ -110,11 +136,13 @@ def fetch(remote: RemoteFile, folder: Path, http: HttpSettings = HttpSettings(),
     part = _part_path(target)
     part.parent.mkdir(parents=True, exist_ok=True)
 
-    def report(done: int, total: int | None) -> None:
+    def report(done: int, total: int | None, where: str = "") -> None:
         if progress is not None:
-            progress(remote.name, done, total)
+            progress(remote.name + where, done, total)
 
     _transfer_with_retries(url, part, http, report, dataset)
+    if target.suffix == ".csd":
+        _require_hdf5(part, url)
     digest = sha256_of(part)
     if remote.sha256 and digest != remote.sha256:
         part.unlink()
@@ -125,10 +153,30 @@ def fetch(remote: RemoteFile, folder: Path, http: HttpSettings = HttpSettings(),
                        detail="" if remote.sha256 else "no published checksum")
 
 
+def _require_hdf5(part: Path, url: str) -> None:
+    """A .csd is HDF5: an HTML error page served with 200 is not one. The partial file is removed (it is no
+    beginning of the file either)."""
+    with open(part, "rb") as handle:
+        signature = handle.read(len(HDF5_SIGNATURE))
+    problem = None if signature == HDF5_SIGNATURE else f"it begins with {signature[:8]!r}"
+    if problem is None:
+        import h5py  # only here: downloading needs no HDF5 otherwise
+
+        try:
+            h5py.File(part, "r").close()
+        except Exception as error:  # h5py raises OSError, KeyError, ... for a damaged file
+            problem = f"h5py cannot open it ({first_line(error)})"
+    if problem is not None:
+        part.unlink(missing_ok=True)
+        raise RunFailed(f"{url} did not send an HDF5 file (a .csd is one): {problem}; the download was removed. The "
+                        "host may be serving an error page: try again later, use --mirror URL, or fetch the file by hand")
+
+
 def with_mirror(url: str, mirror: str | None) -> str:
     """The same path on `mirror` (e.g. http://127.0.0.1:8000/) instead of the published host."""
     if not mirror:
         return url
+    check_web_address(mirror, "--mirror")
     parts = urlsplit(url)
     return mirror.rstrip("/") + "/" + parts.path.lstrip("/") + (f"?{parts.query}" if parts.query else "")
 
@@ -198,42 +246,56 @@ def _manual_route(dataset: str) -> str:
     return f"fetch the file by hand and import it with `msmix download --dataset {dataset} --from PATH`"
 
 
-def _transfer_with_retries(url: str, part: Path, http: HttpSettings, report: Callable[[int, int | None], None],
+def _transfer_with_retries(url: str, part: Path, http: HttpSettings, report: Callable[..., None],
                            dataset: str) -> None:
     last_error = ""
+    deadline = None if http.deadline is None else time.monotonic() + http.deadline
+    tried = 0
     for attempt in range(http.retries + 1):
         if attempt:
-            time.sleep(http.backoff * 2 ** (attempt - 1))
+            pause = http.backoff * 2 ** (attempt - 1)
+            if deadline is not None and time.monotonic() + pause >= deadline:
+                break  # the deadline bounds the retries too
+            time.sleep(pause)
+        tried += 1
         try:
-            _transfer(url, part, http, report)
+            _transfer(url, part, http, report, deadline)
             return
         except _Retryable as error:
             last_error = str(error)
         except _Permanent as error:
             raise RunFailed(f"could not download {url}: {error}. If the file has moved, {_manual_route(dataset)}") from None
     kept = f" The partial file {part.name} is kept and resumes on the next attempt." if part.exists() else ""
-    attempts = f"{http.retries + 1} attempt{'s' if http.retries else ''}"
+    attempts = f"{tried} attempt{'s' if tried > 1 else ''}"
     raise RunFailed(f"could not download {url}: {last_error} (after {attempts}). The host is often "
                     f"down: try again later, use --mirror URL, or {_manual_route(dataset)}.{kept}")
 
 
-def _transfer(url: str, part: Path, http: HttpSettings, report: Callable[[int, int | None], None]) -> None:
+def _transfer(url: str, part: Path, http: HttpSettings, report: Callable[..., None], deadline: float | None) -> None:
     """One attempt: append to `part` from where it stops (or restart when the server ignores the range)."""
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": f"msmix/{__version__}"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
     try:
-        with urlopen(Request(url, headers=headers), timeout=http.timeout) as response:
-            resumed = response.status == 206 and _range_start(response.headers.get("Content-Range")) == offset
+        with _OPENER.open(Request(url, headers=headers), timeout=_wait(http.timeout, deadline)) as response:
+            if response.status == 206 and _range_start(response.headers.get("Content-Range")) != offset:
+                part.unlink(missing_ok=True)  # bytes from elsewhere in the file: what is kept cannot be trusted
+                raise _Retryable(f"the server sent Content-Range {response.headers.get('Content-Range')!r} for a "
+                                 f"request from byte {offset}; starting the file afresh")
+            resumed = response.status == 206
             done = offset if resumed else 0
-            length = response.headers.get("Content-Length")
-            total = done + int(length) if length is not None else None
+            length = _content_length(response.headers.get("Content-Length"))
+            total = done + length if length is not None else None
+            moved = urlsplit(response.geturl())
+            where = f" (redirected to {moved.netloc})" if moved.netloc != urlsplit(url).netloc else ""
             with open(part, "ab" if resumed else "wb") as sink:
-                while chunk := response.read(http.chunk_size):
+                while chunk := response.read1(http.chunk_size):  # read1: returns what came, so the deadline is seen
                     sink.write(chunk)
                     done += len(chunk)
-                    report(done, total)
+                    report(done, total, where)
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise _Retryable(f"not complete within --deadline {http.deadline:g} s ({done} bytes)")
     except HTTPError as error:
         if error.code == 416 and offset and _range_total(error.headers.get("Content-Range")) == offset:
             return  # the partial file already holds every byte
@@ -246,6 +308,16 @@ def _transfer(url: str, part: Path, http: HttpSettings, report: Callable[[int, i
         raise _Retryable(_describe(error, http.timeout)) from None
     if total is not None and done < total:
         raise _Retryable(f"connection closed after {done} of {total} bytes")
+
+
+def _wait(timeout: float, deadline: float | None) -> float:
+    """How long one connection or read may wait: the timeout, or less when the deadline comes sooner."""
+    return timeout if deadline is None else max(0.01, min(timeout, deadline - time.monotonic()))
+
+
+def _content_length(value: str | None) -> int | None:
+    """Content-Length as a number of bytes; a value that is not one (some servers send junk) means unknown."""
+    return int(value) if value is not None and value.strip().isdigit() else None
 
 
 def _range_start(content_range: str | None) -> int | None:

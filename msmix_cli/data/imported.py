@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from msmix_cli.data.cache import IMPORTABLE_SETTINGS, SplitArrays, cache_path, read_summary
-from msmix_cli.data.mmsa import SPLITS, UNIMODAL, load_pickle, read_mmsa_content
+from msmix_cli.data.mmsa import SPLITS, UNIMODAL, id_text, load_pickle, read_mmsa_content
 from msmix_cli.data.mmsdk import DEFAULT_TOLERANCE
 from msmix_cli.data.preprocess import (InputFile, PreprocessReport, ProgressCallback, ReadSplits, read_csd_files,
                                        write_splits)
@@ -129,7 +129,7 @@ def _ids(split: dict, path: Path, name: str) -> list[str]:
     ids = split.get("id")
     if not isinstance(ids, np.ndarray) or ids.ndim != 1:
         raise BadInput(f"{path}: {name}/id must be a vector of sample ids")
-    return [i.decode("utf-8", "replace") if isinstance(i, bytes) else str(i) for i in ids]
+    return [id_text(i, f"{path}: {name}/id", errors="replace") for i in ids]
 
 
 def _replace_modality(content: dict, path: Path, modality: str, other_path: Path) -> None:

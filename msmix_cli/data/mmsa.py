@@ -41,31 +41,90 @@ def _numpy_internal(submodule: str, name: str) -> Callable[..., Any]:
     return getattr(module, name)
 
 
+class _Refused(Exception):
+    """A pickle that builds numpy objects the way numpy never pickles them (the message says how)."""
+
+
+class _NdarrayName:
+    """What the name `numpy.ndarray` resolves to: `_reconstruct` takes it as the type to build, but calling it
+    (`ndarray(shape, dtype, buffer)`) would build an array over the file's bytes; numpy never pickles that way,
+    and with an object dtype those bytes become pointers that crash the interpreter."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        raise _Refused("the pickle calls numpy.ndarray directly (an array over raw bytes), which numpy never writes")
+
+
+def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    if subtype is not _NdarrayName:
+        raise _Refused("the pickle rebuilds an array of a type other than numpy.ndarray")
+    return _numpy_internal("multiarray", "_reconstruct")(np.ndarray, shape, dtype)
+
+
+def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise _Refused("the pickle builds an array of Python objects from raw bytes")
+    return _numpy_internal("numeric", "_frombuffer")(buffer, dtype, shape, order)
+
+
+def _scalar(dtype: Any, *data: Any) -> Any:
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise _Refused("the pickle builds a numpy scalar holding Python objects")
+    return _numpy_internal("multiarray", "scalar")(dtype, *data)
+
+
 # Exactly the globals numpy's own reduce uses for ndarrays (protocol <= 4: _reconstruct; protocol 5:
-# _frombuffer), dtypes and numpy scalars, under both package names.
-ALLOWED_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
-    ("numpy", "ndarray"): lambda: np.ndarray,
-    ("numpy", "dtype"): lambda: np.dtype,
-    **{(f"{package}.multiarray", "_reconstruct"): lambda: _numpy_internal("multiarray", "_reconstruct")
-       for package in ("numpy.core", "numpy._core")},
-    **{(f"{package}.multiarray", "scalar"): lambda: _numpy_internal("multiarray", "scalar")
-       for package in ("numpy.core", "numpy._core")},
-    **{(f"{package}.numeric", "_frombuffer"): lambda: _numpy_internal("numeric", "_frombuffer")
-       for package in ("numpy.core", "numpy._core")},
+# _frombuffer), dtypes and numpy scalars, under both package names; each guarded against raw memory.
+ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy", "ndarray"): _NdarrayName,
+    ("numpy", "dtype"): np.dtype,
+    **{(f"{package}.multiarray", "_reconstruct"): _reconstruct for package in ("numpy.core", "numpy._core")},
+    **{(f"{package}.multiarray", "scalar"): _scalar for package in ("numpy.core", "numpy._core")},
+    **{(f"{package}.numeric", "_frombuffer"): _frombuffer for package in ("numpy.core", "numpy._core")},
 }
 
 
-class _ArraysOnly(pickle.Unpickler):
+def _check_dtype_state(dtype: np.dtype) -> None:
+    """A dtype's pickled state carries its flags, which numpy takes as given: flags that deny the objects in
+    its fields make an array's bytes become object pointers. Refuse any dtype unlike the one numpy builds."""
+    try:
+        if dtype.fields is not None:
+            names = list(dtype.names or ())
+            fresh = np.dtype({"names": names, "formats": [dtype.fields[n][0] for n in names],
+                              "offsets": [dtype.fields[n][1] for n in names], "itemsize": dtype.itemsize},
+                             align=dtype.isalignedstruct)
+        elif dtype.subdtype is not None:
+            fresh = np.dtype(dtype.subdtype)
+        else:
+            fresh = np.dtype(dtype.str)
+    except (TypeError, ValueError) as error:  # overlapping object fields, say
+        raise _Refused(f"the pickle holds an impossible dtype ({error})") from None
+    if dtype.flags != fresh.flags or dtype.hasobject != fresh.hasobject:
+        raise _Refused(f"the pickle holds a dtype whose flags contradict its fields ({fresh})")
+
+
+class _ArraysOnly(pickle._Unpickler):  # the Python unpickler: the C one gives no hook where a dtype gets its state
+    dispatch = dict(pickle._Unpickler.dispatch)
+
     def __init__(self, handle: Any, path: Path) -> None:
         super().__init__(handle)
         self.path = path
 
     def find_class(self, module: str, name: str) -> Any:
-        resolve = ALLOWED_GLOBALS.get((module, name))
-        if resolve is None:
+        allowed = ALLOWED_GLOBALS.get((module, name))
+        if allowed is None:
             raise BadInput(f"{self.path}: refused to load: the pickle asks for {module}.{name}, which is not part "
                            "of a numpy array (only arrays and plain containers are read)")
-        return resolve()
+        return allowed
+
+    def load_build(self) -> None:
+        target = self.stack[-2]
+        if not isinstance(target, (np.dtype, np.ndarray)):
+            raise _Refused(f"the pickle sets the state of a {type(target).__name__}")
+        super().load_build()
+        if isinstance(target, np.dtype):
+            _check_dtype_state(target)
+
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 def load_pickle(path: Path) -> Any:
@@ -75,10 +134,27 @@ def load_pickle(path: Path) -> Any:
             return _ArraysOnly(handle, path).load()
     except BadInput:
         raise
+    except _Refused as error:
+        raise BadInput(f"{path}: refused to load: {error}") from None
     except OSError as error:
         raise BadInput(f"{path}: cannot read it ({error.strerror or error})") from None
     except Exception as error:  # a truncated or corrupt pickle raises anything from EOFError to ValueError
         raise BadInput(f"{path}: not a readable pickle, perhaps truncated ({type(error).__name__}: {error})") from None
+
+
+def id_text(value: Any, where: str, errors: str = "strict") -> str:
+    """A sample id as text. Only text and whole numbers are ids: str() of any other element of an object array
+    from a file would run whatever that element's type does when printed."""
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8", errors)
+        except UnicodeDecodeError:
+            raise BadInput(f"{where} holds {value!r}, which is not UTF-8 text") from None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    raise BadInput(f"{where} holds a {type(value).__name__}, expected text ids")
 
 
 @dataclass(frozen=True)
@@ -131,13 +207,8 @@ class _SplitReader:
                            extra_labels=self._unimodal(name, split, ids, n), text_ids=text_ids)
 
     def _ids(self, split_name: str, split: dict, n: int) -> list[str]:
-        ids = []
-        for value in self._vector(split_name, split, "id", None, n):
-            try:
-                ids.append(value.decode("utf-8") if isinstance(value, bytes) else str(value))
-            except UnicodeDecodeError:
-                raise BadInput(f"{self._where(split_name, 'id')} holds {value!r}, which is not UTF-8 text") from None
-        return ids
+        where = self._where(split_name, "id")
+        return [id_text(value, where) for value in self._vector(split_name, split, "id", None, n)]
 
     def _where(self, split: str, key: str) -> str:
         return f"{self.path}: {split}/{key}"

@@ -9,12 +9,13 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from msmix_cli import signals
 from msmix_cli.data.cache import CacheFile, SplitData
 from msmix_cli.data.loading import load_dataset
 from msmix_cli.data.specs import DATASETS
@@ -206,6 +207,15 @@ def fit(recipe: Recipe, run: RunDir, *, data_root: Path, command: str = "msmix t
     """
     started = time.perf_counter()
     run, on_event = distributed.for_rank(run, on_event)
+    try:
+        return _fit(recipe, run, data_root, command, on_event, resume, started)
+    except KeyboardInterrupt:  # a signal outside the epochs' safe points: while starting, or at the test evaluation
+        mark_stopped(run, INTERRUPTED, started)
+        raise Interrupted(f"stopped by {signals.name()}; {resume_hint(run)}") from None
+
+
+def _fit(recipe: Recipe, run: RunDir, data_root: Path, command: str, on_event: Listener, resume: bool,
+         started: float) -> dict[str, Any]:
     rng = seed_everything(recipe.train.seed)
     setup = build(recipe, data_root)
     model, mixer, device, t = setup.model, setup.mixer, setup.device, recipe.train
@@ -224,7 +234,7 @@ def fit(recipe: Recipe, run: RunDir, *, data_root: Path, command: str = "msmix t
     params = [p for group in optimizer.param_groups for p in group["params"]]
     state = {"epoch": 0, "best_loss": math.inf, "best_epoch": 0, "history": []}
     if resume and run.last_file.is_file():
-        state = restore(load_checkpoint(run.last_file, device), model, mixer, optimizer, scheduler, scaler, rng)
+        state = checkpoint_into(run.last_file, device, lambda saved: restore(saved, model, mixer, optimizer, scheduler, scaler, rng))
     description = describe(setup)  # loads every split: a damaged one is refused before the run directory is written
     run.start(recipe, command, device, resumed_from=state["epoch"] if resume else None)
     on_event(RunStarted(run.path, t.max_epochs, batches_per_epoch, count_parameters(model), str(device), description))
@@ -247,7 +257,7 @@ def fit(recipe: Recipe, run: RunDir, *, data_root: Path, command: str = "msmix t
                 for index, batch in enumerate(distributed.epoch_batches(train_split, t.batch_size, rng), start=1):
                     if distributed.any_rank(stop.requested is not None):
                         raise Interrupted(f"stopped by {stop.requested or 'a signal to another rank'} at epoch {epoch}; "
-                                          f"resume with: msmix train --resume {run.path}")
+                                          f"{resume_hint(run)}")
                     batch = to_device(batch, device)
                     with autocast(device, dtype):
                         loss, terms, mix_stats = training_step(batch, mixing, recipe.mix.w_mix, mixing_on)
@@ -297,7 +307,7 @@ def fit(recipe: Recipe, run: RunDir, *, data_root: Path, command: str = "msmix t
 
         if test:
             distributed.barrier()  # rank 0 has written the best checkpoint
-            model.load_state_dict(run.load_best(device)["model"])
+            checkpoint_into(run.best_file, device, lambda saved: model.load_state_dict(saved["model"]))
             metrics, _, _ = evaluate(setup, "test")
         else:
             metrics = valid_metrics_at(history, best_epoch, setup.metric_set)
@@ -308,6 +318,8 @@ def fit(recipe: Recipe, run: RunDir, *, data_root: Path, command: str = "msmix t
     except Interrupted:
         mark_stopped(run, INTERRUPTED, started)
         raise
+    except KeyboardInterrupt:
+        raise  # not a failure: `fit` marks the run interrupted
     except BaseException:
         mark_stopped(run, FAILED, started)
         raise
@@ -321,9 +333,19 @@ def valid_metrics_at(history: list[dict[str, Any]], epoch: int, metric_set: str)
     return {name: row[f"valid_{name}"] for name in METRIC_NAMES[metric_set]}
 
 
+def resume_hint(run: RunDir) -> str:
+    """The one command that goes on with a stopped run."""
+    if run.started:
+        return f"resume with: msmix train --resume {run.path}"
+    return f"nothing was written yet: run the same command again, which starts it in {run.path}"
+
+
 def mark_stopped(run: RunDir, status: str, started: float) -> None:
     """Record why a run stopped, if the disk still lets us: on a full disk the error that stopped the run is
-    the one to report, not the status file that could not be written after it."""
+    the one to report, not the status file that could not be written after it. A run stopped before it wrote
+    its recipe gets no status file: its folder stays one that the same command starts again."""
+    if not run.started:
+        return
     with contextlib.suppress(MsmixError):
         run.update_info(status=status, wall_time_s=round(time.perf_counter() - started, 3))
 
@@ -339,6 +361,21 @@ def restore(checkpoint: dict[str, Any], model: Backbone, mixer: Mixer, optimizer
     scaler.load_state_dict(checkpoint["scaler"])
     restore_rng(checkpoint["rng"], rng)
     return {k: checkpoint[k] for k in ("epoch", "best_loss", "best_epoch", "history")}
+
+
+T = TypeVar("T")
+
+
+def checkpoint_into(path: Path, device: torch.device | str, apply: Callable[[Any], T]) -> T:
+    """`apply(the checkpoint at path)`; a checkpoint torch reads but whose contents do not fit (another recipe's
+    shapes, missing keys, a list) is bad input that names the file, not an internal error."""
+    saved = load_checkpoint(path, device)
+    try:
+        return apply(saved)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+        detail = " ".join(str(error).split())  # load_state_dict's message spans lines
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        raise BadInput(f"checkpoint {path} does not match this run's recipe: {type(error).__name__}: {detail}") from None
 
 
 class StopRequest:
@@ -369,7 +406,7 @@ def evaluate_run(run: RunDir, *, data_root: Path, split: str = "test", device: s
     """Reload a run's best checkpoint with its saved recipe and compute the metrics on a split."""
     recipe = run.recipe()
     setup = build(recipe, data_root, device)
-    setup.model.load_state_dict(run.load_best(setup.device)["model"])
+    checkpoint_into(run.best_file, setup.device, lambda saved: setup.model.load_state_dict(saved["model"]))
     metrics, _, _ = evaluate(setup, split, perturb)
     return json_safe({"split": split, "best_epoch": run.info().get("best_epoch"), "metrics": metrics})
 

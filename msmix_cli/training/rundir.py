@@ -1,12 +1,17 @@
 """A run directory: resolved recipe, checkpoints, history, metrics and a status marker, each written atomically.
 
-    runs/<run>/ recipe.yaml  run.json (status: running | complete | failed, versions, device, wall time)
-                checkpoint.pt (best validation)  last.pt (resume point)  history.csv  metrics.json
+    runs/<run>/ recipe.yaml  run.json (status: running | complete | failed | interrupted, versions, device,
+                wall time)  checkpoint.pt (best validation)  last.pt (resume point)  history.csv  metrics.json
+
+A process that trains into a run directory holds an OS lock on the folder itself (flock) until it exits: a
+second process that wants the same folder is refused, and the lock never outlives its holder, not even a kill -9.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import platform
 import subprocess
 import time
@@ -18,10 +23,18 @@ import torch
 
 from msmix_cli import __version__
 from msmix_cli.errors import BadInput, first_line
-from msmix_cli.io import atomic_torch_save, atomic_write_text
+from msmix_cli.io import atomic_torch_save, atomic_write_text, remove_stale_temporaries
 from msmix_cli.recipes import Recipe, build_recipe, dump_recipe, read_yaml
 
 RUNNING, COMPLETE, FAILED, INTERRUPTED = "running", "complete", "failed", "interrupted"
+_LOCKS: dict[Path, int] = {}  # run folder -> the descriptor holding its lock (kept out of RunDir, which is pickled)
+
+
+def folder_name(name: str) -> str:
+    """`--name` as given, when it names one folder: a run is written inside `--out`, never elsewhere."""
+    if not name or name in (".", "..") or "/" in name or (os.altsep and os.altsep in name) or "\0" in name:
+        raise BadInput(f"--name {name!r} is not a folder name; the run goes inside --out (give --out for another place)")
+    return name
 
 
 class RunDir:
@@ -36,20 +49,76 @@ class RunDir:
     metrics_file = property(lambda self: self.path / "metrics.json")
 
     @classmethod
-    def create(cls, out: Path, name: str) -> RunDir:
-        path = Path(out) / name
-        if path.exists() and any(path.iterdir()):
-            raise BadInput(f"run directory {path} already exists; choose another --name or remove it")
+    def claim(cls, out: Path, name: str, *, numbered: bool = False) -> RunDir:
+        """The run folder `out/name`, created if missing and locked for this process, the temporary files of
+        its dead writers removed. `numbered` (a default name): never an existing folder; name-2, name-3, ...
+        instead, so that two runs started in the same second get a folder each."""
+        base = Path(out) / folder_name(name)
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            base.parent.mkdir(parents=True, exist_ok=True)
+            path = base
+            for number in range(2, 10_000) if numbered else ():
+                try:
+                    path.mkdir()
+                    break
+                except FileExistsError:
+                    path = base.with_name(f"{base.name}-{number}")
+            path.mkdir(exist_ok=True)
         except OSError as error:
-            raise BadInput(f"cannot create run directory {path}: {error.strerror or error}") from None
-        return cls(path)
+            raise BadInput(f"cannot create run directory {base}: {error.strerror or error}") from None
+        run = cls(path)
+        run.take()
+        return run
+
+    @classmethod
+    def create(cls, out: Path, name: str) -> RunDir:
+        """A new, empty run folder `out/name`, locked for this process."""
+        run = cls.claim(out, name)
+        if run.holds_anything():
+            run.release()
+            raise BadInput(f"run directory {run.path} already exists; choose another --name or remove it")
+        return run
+
+    def take(self) -> None:
+        """Lock the folder for this process, then remove what writers that died here left (no writer is alive)."""
+        self.lock()
+        remove_stale_temporaries(self.path, every=True)
+
+    def lock(self) -> None:
+        """Hold the folder's lock until `release` or the end of this process; BadInput if another process holds it."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as error:
+            raise BadInput(f"cannot open run directory {self.path}: {error.strerror or error}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BadInput(f"run directory {self.path} is in use by another msmix process; wait for it to end or "
+                           "choose another --name") from None
+        except OSError:  # a file system without locks (some network ones): the run goes on, unguarded
+            os.close(fd)
+            return
+        _LOCKS[self.path] = fd
+
+    def release(self) -> None:
+        fd = _LOCKS.pop(self.path, None)
+        if fd is not None:
+            os.close(fd)
+
+    @property
+    def started(self) -> bool:
+        """Whether a run began here: its recipe is saved (the first file a run writes)."""
+        return self.recipe_file.is_file()
+
+    def holds_anything(self) -> bool:
+        return any(self.path.iterdir())
 
     @property
     def resumable(self) -> bool:
-        """Started, not complete, with its recipe saved: `train --resume` can continue it."""
-        return self.recipe_file.is_file() and self.info().get("status") in (RUNNING, FAILED, INTERRUPTED)
+        """Started, not complete: `train --resume` can continue it. Without run.json the run was stopped while
+        starting, before any epoch: resuming it starts it from its saved recipe."""
+        return self.started and (not self.info_file.exists() or self.info().get("status") in (RUNNING, FAILED, INTERRUPTED))
 
     @classmethod
     def open(cls, path: Path) -> RunDir:
@@ -74,11 +143,13 @@ class RunDir:
         atomic_write_text(self.info_file, json.dumps({**self.info(), **values}, indent=2, default=str) + "\n")
 
     def start(self, recipe: Recipe, command: str, device: torch.device, resumed_from: int | None = None) -> None:
-        """Mark the run as running; a resumed run keeps its recipe and records the epoch it continued from."""
-        if resumed_from is not None:
+        """Mark the run as running; a resumed run keeps its recipe and records the epoch it continued from (a run
+        stopped before its run.json was written gets it now)."""
+        if resumed_from is not None and "started" in self.info():
             self.update_info(status=RUNNING, resumed_from_epoch=resumed_from)
             return
-        atomic_write_text(self.recipe_file, dump_recipe(recipe, command))
+        if not self.started:
+            atomic_write_text(self.recipe_file, dump_recipe(recipe, command))
         self.update_info(
             status=RUNNING,
             command=command,
@@ -107,9 +178,6 @@ class RunDir:
 
     def save_last(self, state: dict[str, Any]) -> None:
         atomic_torch_save(state, self.last_file)
-
-    def load_best(self, device: torch.device | str = "cpu") -> dict[str, Any]:
-        return load_checkpoint(self.best_file, device)
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
