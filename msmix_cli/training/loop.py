@@ -32,6 +32,7 @@ from msmix_cli.training.seeding import capture_rng, restore_rng, seed_everything
 from msmix_cli.types import Batch, DataShape, Multimodal
 
 
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
 IN_MEMORY_LIMIT = 2 * 1024**3  # bytes of float32 features above which a split is read from the cache file per batch
 
 
@@ -179,7 +180,10 @@ def make_optimizer(setup: Setup) -> torch.optim.Optimizer:
     if mixer_params:
         groups.append({"params": mixer_params, "lr": t.lr, "weight_decay": t.weight_decay})
     optimizer = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return optimizer(groups, lr=t.lr, weight_decay=t.weight_decay)
+    # torch's default on the CPU steps one tensor at a time in Python: 82 ms for TFN's 9M-parameter layer on
+    # one thread, against 8 ms for the fused kernel (torch has it for CPU and CUDA parameters)
+    fused = all(p.device.type in FUSED_ADAM_DEVICES for group in groups for p in group["params"])
+    return optimizer(groups, lr=t.lr, weight_decay=t.weight_decay, fused=fused or None)
 
 
 def make_scheduler(setup: Setup, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
