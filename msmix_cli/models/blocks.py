@@ -55,14 +55,22 @@ def outer_product(vectors: list[Tensor]) -> Tensor:
     return product
 
 
-class WideDropout(nn.Module):
-    """`nn.Dropout` for activations of millions of elements per batch (TFN's fusion, 32 x 140,481).
+def dropout_keep(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Dropout's multiplier for a tensor of `shape`: 0 with probability p, else 1 / (1 - p), for 0 < p < 1.
 
-    torch draws one random number per element (`bernoulli_`, 70 ms for that tensor on one CPU thread); this
-    layer cuts each 64-bit draw into four 16-bit ones (6 ms), so an element is dropped with probability
-    round(65536 p) / 65536, p to within 1e-5. It keeps the kept elements scaled by 1 / (1 - p) as nn.Dropout.
-    It has no state, so it replaces an nn.Dropout without changing a state_dict.
+    torch's dropout draws one random number per element (`bernoulli_`: 70 ms on one CPU thread for TFN's
+    32 x 140,481 fusion); here each 64-bit draw is cut into four 16-bit ones (6 ms), so an element is dropped
+    with probability round(65536 p) / 65536, p to within 1e-5.
     """
+    count = math.prod(shape)
+    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
+    draws = words.view(torch.int16)[:count].view(shape)  # uniform over [-32768, 32767]
+    return (draws >= round(p * 65536) - 32768).to(dtype).mul_(1.0 / (1.0 - p))
+
+
+class WideDropout(nn.Module):
+    """`nn.Dropout` with `dropout_keep`'s cheaper draws, for activations of millions of elements per batch
+    (TFN's fusion). It has no state, so it replaces an nn.Dropout without changing a state_dict."""
 
     def __init__(self, p: float) -> None:
         super().__init__()
@@ -73,14 +81,29 @@ class WideDropout(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0 or self.p == 1.0:
             return nn.functional.dropout(x, self.p, self.training)
-        count = x.numel()
-        words = torch.empty((count + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
-        draws = words.view(torch.int16)[:count].view(x.shape)  # uniform over [-32768, 32767]
-        keep = (draws >= round(self.p * 65536) - 32768).to(x.dtype).mul_(1.0 / (1.0 - self.p))
-        return x * keep
+        return x * dropout_keep(x.shape, self.p, x.dtype, x.device)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float) -> Tensor:
+    """Scaled dot-product attention over [B, H, T, d] queries and [B, H, S, d] keys and values.
+
+    `mask` [B, 1, T, S] bool, True where query t may attend to key s. Without dropout this is torch's
+    `scaled_dot_product_attention` (a fused kernel on the CPU); with dropout torch falls back to a plain
+    product that draws the dropout of the [B, H, T, S] weights with `bernoulli_`, a fifth of a MulT step,
+    so the product is written out here with `dropout_keep`. A masked key gets the dtype's lowest value, not
+    -inf, so a query with no visible key gets uniform (finite) weights rather than NaN.
+    """
+    bias = None if mask is None else torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, torch.finfo(q.dtype).min)
+    if dropout == 0.0:
+        return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    if bias is not None:
+        scores = scores + bias
+    weights = scores.softmax(dim=-1)
+    return (weights * dropout_keep(weights.shape, dropout, weights.dtype, weights.device)) @ v
 
 
 def sinusoidal_positions(steps: int, dim: int, device: torch.device | None = None) -> Tensor:
@@ -108,7 +131,7 @@ class TransformerLayer(nn.Module):
     """Pre-norm transformer layer; with `kv` given it is a crossmodal layer (queries from x, keys/values from kv).
 
     The attention's weights live in an `nn.MultiheadAttention` (its parameters and state_dict keys), but it is
-    computed with `scaled_dot_product_attention`, which takes one boolean mask broadcast over the heads.
+    computed by `attend`, with one mask broadcast over the heads.
     """
 
     def __init__(self, dim: int, heads: int, attn_dropout: float = 0.0, relu_dropout: float = 0.0, res_dropout: float = 0.0, ffn_mult: int = 4) -> None:
@@ -135,7 +158,7 @@ class TransformerLayer(nn.Module):
             q = nn.functional.linear(queries, weight[:dim], bias[:dim])
             k, v = nn.functional.linear(keys, weight[dim:], bias[dim:]).chunk(2, dim=-1)
         q, k, v = (t.unflatten(-1, (attn.num_heads, attn.head_dim)).transpose(1, 2) for t in (q, k, v))
-        out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=attn.dropout if self.training else 0.0)
+        out = attend(q, k, v, mask, attn.dropout if self.training else 0.0)
         return attn.out_proj(out.transpose(1, 2).flatten(2))
 
 

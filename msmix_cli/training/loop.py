@@ -25,7 +25,8 @@ from msmix_cli.models import Backbone, build_backbone, count_parameters, task_lo
 from msmix_cli.recipes import Recipe
 from msmix_cli.training import distributed
 from msmix_cli.training.diagnostics import EpochLog, intensity_correlations, parameter_parts, term_grad_norms
-from msmix_cli.training.device import amp_dtype, autocast, compile_backbone, configure_threads, resolve_device, to_device
+from msmix_cli.training.device import (amp_dtype, autocast, compile_backbone, configure_threads, keep_freed_memory,
+                                       resolve_device, to_device)
 from msmix_cli.training.events import BatchDone, EpochDone, Listener, RunStarted, ignore
 from msmix_cli.training.rundir import COMPLETE, FAILED, INTERRUPTED, RunDir, load_checkpoint
 from msmix_cli.training.seeding import capture_rng, restore_rng, seed_everything
@@ -173,10 +174,10 @@ def evaluate(setup: Setup, split_name: str, perturb: Perturbation | None = None,
     return regression_metrics(pred, label, setup.metric_set), loss, intensity_correlations(probed, label)
 
 
-def make_optimizer(setup: Setup) -> torch.optim.Optimizer:
-    t = setup.recipe.train
-    groups = setup.model.param_groups(t.lr, t.weight_decay)
-    mixer_params = [p for p in setup.mixer.parameters() if p.requires_grad]
+def make_optimizer(recipe: Recipe, model: Backbone, mixer: Mixer) -> torch.optim.Optimizer:
+    t = recipe.train
+    groups = model.param_groups(t.lr, t.weight_decay)
+    mixer_params = [p for p in mixer.parameters() if p.requires_grad]
     if mixer_params:
         groups.append({"params": mixer_params, "lr": t.lr, "weight_decay": t.weight_decay})
     optimizer = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
@@ -210,6 +211,8 @@ def fit(recipe: Recipe, run: RunDir, *, data_root: Path, command: str = "msmix t
     rng = seed_everything(recipe.train.seed)
     setup = build(recipe, data_root)
     model, mixer, device, t = setup.model, setup.mixer, setup.device, recipe.train
+    if device.type == "cpu":
+        keep_freed_memory()
     training_step = distributed.replicate(TrainingStep(model, mixer), device, unused_parameters=count_parameters(mixer) > 0)
     train_split = setup.data.split("train")
     if len(train_split) < 2:  # a batch of one cannot train (BatchNorm), nor mix
@@ -218,7 +221,7 @@ def fit(recipe: Recipe, run: RunDir, *, data_root: Path, command: str = "msmix t
         raise BadInput("train.log_grad_norms works in a single process; drop it or --nproc")
     trained = distributed.trained_per_epoch(distributed.shard_size(len(train_split)), t.batch_size)
     batches_per_epoch = math.ceil(trained / t.batch_size)
-    optimizer = make_optimizer(setup)
+    optimizer = make_optimizer(recipe, model, mixer)
     scheduler = make_scheduler(setup, optimizer, math.ceil(batches_per_epoch / t.accumulation))
     dtype = amp_dtype(device, t.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
