@@ -71,6 +71,9 @@ def main() -> int:
     if not set(backbones) <= set(BATCH) or not set(mixers) <= set(TARGETS):
         parser.error(f"backbones are {', '.join(BATCH)}; mixers are {', '.join(TARGETS)}")
     samples = {**TRAIN_SAMPLES, **parse_counts(args.train_samples)}
+    short = [b for b in backbones if samples[b] <= args.warmup * BATCH[b]]
+    if short:
+        parser.error(f"{', '.join(short)}: --train-samples must leave batches after the --warmup ones")
     with tempfile.TemporaryDirectory(prefix="vs-mmsa-") as folder:
         work = Path(folder)
         source = args.pickle or write_mosi_pickle(work / "mosi-shaped.pkl")
