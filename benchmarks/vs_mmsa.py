@@ -77,7 +77,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="vs-mmsa-") as folder:
         work = Path(folder)
         source = args.pickle or write_mosi_pickle(work / "mosi-shaped.pkl")
-        rows = [compare(args, work, source, backbone, samples[backbone], mixers) for backbone in backbones]
+        rows = []
+        for backbone in backbones:
+            rows.append(compare(args, work, source, backbone, samples[backbone], mixers))
+            print(render(rows[-1:], args, source if args.pickle else None).splitlines()[2], file=sys.stderr, flush=True)
     print(render(rows, args, source if args.pickle else None))
     return 0
 
