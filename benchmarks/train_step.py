@@ -1,14 +1,18 @@
 """Training speed, measured in one run: `python benchmarks/train_step.py` (or `make bench`).
 
-1. Step time per backbone (MOSI-shaped batches, each backbone's MOSI recipe and batch size B): the median of
-   full training steps (forward, loss, backward, optimiser step) for every mixer at B, for `none` at 2B, and
-   for MS-Mix built the authors' way (the originals through the network, then the mixed batch through the
-   whole network again: a second encoding). Targets: msmix(B) <= none(2B); msmix(B) <= 0.8 x authors'(B).
+1. Step time per backbone (MOSI-shaped batches, each backbone's MOSI recipe and batch size B): the median CPU
+   time of full training steps (forward, loss, backward, msmix's optimiser step) for every mixer at B, for
+   `none` at 2B, and for MS-Mix built the authors' way (the originals through the network, then the mixed
+   batch through the whole network again: a second encoding). Targets: msmix(B) <= none(2B) for every
+   backbone; msmix(B) <= 1.3 x none(B) where the head is cheap (LMF, ALMT, GLoMo, MISA);
+   msmix(B) <= 0.8 x authors'(B).
 2. Data path: the share of a TFN training epoch on MOSI-shaped data spent producing batches (target <= 5%),
    with the split in memory and streamed from the cache file.
 3. Threads: a MulT training epoch on the same data at msmix's default thread count, at 1 thread and at
    twice the cores (oversubscribed).
 
+The step table counts CPU time of this process (time.process_time) on `--threads` intra-op threads (default
+1), so other jobs on the machine slow it less than they slow wall time.
 Steps of all the configurations of a backbone are interleaved, so a slow spell of the machine hits them
 alike. The memory benchmark writes a 6 GB cache and runs on its own: benchmarks/memory.py.
 """
@@ -31,9 +35,9 @@ from msmix_cli.mixing import MIXERS, Mixer, mix_loss
 from msmix_cli.mixing.base import mix_pairs
 from msmix_cli.models import BACKBONES, Backbone, task_loss
 from msmix_cli.recipes import Recipe, resolve_recipe
-from msmix_cli.training.device import configure_threads
+from msmix_cli.training.device import configure_threads, keep_freed_memory
 from msmix_cli.training.events import BatchDone, Event, RunStarted
-from msmix_cli.training.loop import build_networks, fit, step_loss
+from msmix_cli.training.loop import build_networks, fit, make_optimizer, step_loss
 from msmix_cli.training.rundir import RunDir
 from msmix_cli.types import MODALITIES, Batch, DataShape, Multimodal
 
@@ -48,10 +52,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--backbones", default=",".join(BACKBONES.names()))
     parser.add_argument("--skip-epochs", action="store_true", help="only the step table")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads of the step table")
     args = parser.parse_args()
-    threads = configure_threads(None)
-    print(f"torch {torch.__version__}, {threads} intra-op threads, CPU\n")
+    threads = configure_threads(args.threads)
+    keep_freed_memory()  # as `fit` does on the CPU
+    print(f"torch {torch.__version__}, {threads} intra-op thread(s), CPU; step times are CPU time\n")
     step_table([b for b in args.backbones.split(",") if b], args.steps, args.warmup)
+    configure_threads(None)
     if not args.skip_epochs:
         with tempfile.TemporaryDirectory(prefix="msmix-bench-") as folder:
             data_path_table(Path(folder))
@@ -60,8 +67,11 @@ def main() -> None:
 
 # 1. Step time ------------------------------------------------------------------------------------------
 
+CHEAP_HEADS = ("lmf", "almt", "glomo", "misa")  # msmix(B) <= 1.3 x none(B) is promised for these
+
+
 def step_table(backbones: list[str], steps: int, warmup: int) -> None:
-    print("## 1. Training step, median ms (MOSI-shaped, aligned 50 steps, text 768 / audio 5 / vision 20)\n")
+    print("## 1. Training step, median CPU ms (MOSI-shaped, aligned 50 steps, text 768 / audio 5 / vision 20)\n")
     print("| backbone | B | step | ms | / none(B) | / none(2B) | / authors' msmix(B) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     verdicts = []
@@ -72,12 +82,21 @@ def step_table(backbones: list[str], steps: int, warmup: int) -> None:
         for name, ms in times.items():
             print(f"| {backbone} | {size} | {name} | {ms:.1f} | {ms / times['none']:.2f} | {ms / times['none (2B)']:.2f} "
                   f"| {ms / times['msmix, authors way']:.2f} |")
-        msmix, double, authors = times["msmix"], times["none (2B)"], times["msmix, authors way"]
-        verdicts.append(f"{backbone}: msmix(B)/none(2B) = {msmix / double:.2f} ({'ok' if msmix <= double else 'MISSED'}), "
-                        f"msmix(B)/authors'(B) = {msmix / authors:.2f} ({'ok' if msmix <= 0.8 * authors else 'MISSED'}), "
-                        f"msmix(B)/none(B) = {msmix / times['none']:.2f}")
-    print("\nTargets: msmix(B) <= none(2B) and <= 0.8 x authors'(B).")
+        verdicts.append(verdict(backbone, times))
+    print("\nTargets: msmix(B) <= none(2B); msmix(B) <= 1.3 x none(B) for " + ", ".join(CHEAP_HEADS)
+          + "; msmix(B) <= 0.8 x authors'(B).")
     print("\n".join(f"- {line}" for line in verdicts) + "\n")
+
+
+def verdict(backbone: str, times: dict[str, float]) -> str:
+    msmix, single, double, authors = times["msmix"], times["none"], times["none (2B)"], times["msmix, authors way"]
+    checks = [f"msmix(B)/none(2B) = {msmix / double:.2f} ({'ok' if msmix <= double else 'MISSED'})"]
+    if backbone in CHEAP_HEADS:
+        checks.append(f"msmix(B)/none(B) = {msmix / single:.2f} (<= 1.3: {'ok' if msmix <= 1.3 * single else 'MISSED'})")
+    else:
+        checks.append(f"msmix(B)/none(B) = {msmix / single:.2f}")
+    checks.append(f"msmix(B)/authors'(B) = {msmix / authors:.2f} ({'ok' if msmix <= 0.8 * authors else 'MISSED'})")
+    return f"{backbone}: " + ", ".join(checks)
 
 
 def backbone_steps(recipe: Recipe, size: int) -> dict[str, Step]:
@@ -95,11 +114,11 @@ def library_step(recipe: Recipe, mixer_name: str, batch: Batch, loss: Callable =
     torch.manual_seed(recipe.train.seed)
     model, mixer = build_networks(with_mixer(recipe, mixer_name), SHAPE)
     model.train(), mixer.train()
-    optimizer = torch.optim.Adam([*model.parameters(), *mixer.parameters()], lr=recipe.train.lr)
+    optimizer = make_optimizer(recipe, model, mixer)
     rng = np.random.default_rng(0)
 
     def step() -> None:
-        total, _ = loss(model, mixer, batch, rng, recipe.mix.w_mix)
+        total = loss(model, mixer, batch, rng, recipe.mix.w_mix)[0]
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
@@ -140,10 +159,10 @@ def median_ms(steps: dict[str, Step], repeats: int, warmup: int) -> dict[str, fl
     times: dict[str, list[float]] = {name: [] for name in steps}
     for repeat in range(warmup + repeats):
         for name, step in steps.items():
-            start = time.perf_counter()
+            start = time.process_time()
             step()
             if repeat >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(time.process_time() - start)
     return {name: 1000 * statistics.median(values) for name, values in times.items()}
 
 

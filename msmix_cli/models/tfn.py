@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from msmix_cli.models.base import BACKBONES, Backbone, HeadOutput, Latents
-from msmix_cli.models.blocks import UnimodalSubnets, append_one
+from msmix_cli.models.blocks import UnimodalSubnets, WideDropout, append_one, outer_product
 from msmix_cli.types import MODALITIES, Batch, DataShape, Multimodal
 
 
@@ -46,7 +46,7 @@ class TFN(Backbone):
         self.latent_dims = dict(self.subnets.out_dims)
         fused_dim = math.prod(width + 1 for width in self.latent_dims.values())
         self.post_fusion = nn.Sequential(
-            nn.Dropout(post_fusion_dropout),
+            WideDropout(post_fusion_dropout),
             nn.Linear(fused_dim, config.post_fusion_dim), nn.ReLU(),
             nn.Linear(config.post_fusion_dim, config.post_fusion_dim), nn.ReLU(),
             nn.Linear(config.post_fusion_dim, 1),
@@ -57,7 +57,7 @@ class TFN(Backbone):
 
     def head(self, views: Multimodal) -> HeadOutput:
         text, audio, vision = (append_one(views[m]) for m in MODALITIES)
-        fused = torch.einsum("na,nv,nt->navt", audio, vision, text).flatten(1)
+        fused = outer_product([audio, vision, text])  # MMSA's order: audio slowest, then vision, then text
         return HeadOutput(self._to_label_range(self.post_fusion(fused)))
 
     def _to_label_range(self, logit: Tensor) -> Tensor:

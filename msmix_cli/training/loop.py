@@ -26,13 +26,15 @@ from msmix_cli.models import Backbone, build_backbone, count_parameters, task_lo
 from msmix_cli.recipes import Recipe
 from msmix_cli.training import distributed
 from msmix_cli.training.diagnostics import EpochLog, intensity_correlations, parameter_parts, term_grad_norms
-from msmix_cli.training.device import amp_dtype, autocast, compile_backbone, configure_threads, resolve_device, to_device
+from msmix_cli.training.device import (amp_dtype, autocast, compile_backbone, configure_threads, keep_freed_memory,
+                                       resolve_device, to_device)
 from msmix_cli.training.events import BatchDone, EpochDone, Listener, RunStarted, ignore
 from msmix_cli.training.rundir import COMPLETE, FAILED, INTERRUPTED, RunDir, load_checkpoint
 from msmix_cli.training.seeding import capture_rng, restore_rng, seed_everything
 from msmix_cli.types import Batch, DataShape, Multimodal
 
 
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
 IN_MEMORY_LIMIT = 2 * 1024**3  # bytes of float32 features above which a split is read from the cache file per batch
 
 
@@ -173,14 +175,17 @@ def evaluate(setup: Setup, split_name: str, perturb: Perturbation | None = None,
     return regression_metrics(pred, label, setup.metric_set), loss, intensity_correlations(probed, label, pred)
 
 
-def make_optimizer(setup: Setup) -> torch.optim.Optimizer:
-    t = setup.recipe.train
-    groups = setup.model.param_groups(t.lr, t.weight_decay)
-    mixer_params = [p for p in setup.mixer.parameters() if p.requires_grad]
+def make_optimizer(recipe: Recipe, model: Backbone, mixer: Mixer) -> torch.optim.Optimizer:
+    t = recipe.train
+    groups = model.param_groups(t.lr, t.weight_decay)
+    mixer_params = [p for p in mixer.parameters() if p.requires_grad]
     if mixer_params:
         groups.append({"params": mixer_params, "lr": t.lr, "weight_decay": t.weight_decay})
     optimizer = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return optimizer(groups, lr=t.lr, weight_decay=t.weight_decay)
+    # torch's default on the CPU steps one tensor at a time in Python: 82 ms for TFN's 9M-parameter layer on
+    # one thread, against 8 ms for the fused kernel (torch has it for CPU and CUDA parameters)
+    fused = all(p.device.type in FUSED_ADAM_DEVICES for group in groups for p in group["params"])
+    return optimizer(groups, lr=t.lr, weight_decay=t.weight_decay, fused=fused or None)
 
 
 def make_scheduler(setup: Setup, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
@@ -219,6 +224,8 @@ def _fit(recipe: Recipe, run: RunDir, data_root: Path, command: str, on_event: L
     rng = seed_everything(recipe.train.seed)
     setup = build(recipe, data_root)
     model, mixer, device, t = setup.model, setup.mixer, setup.device, recipe.train
+    if device.type == "cpu":
+        keep_freed_memory()
     training_step = distributed.replicate(TrainingStep(model, mixer), device, unused_parameters=count_parameters(mixer) > 0)
     train_split = setup.data.split("train")
     if len(train_split) < 2:  # a batch of one cannot train (BatchNorm), nor mix
@@ -227,7 +234,7 @@ def _fit(recipe: Recipe, run: RunDir, data_root: Path, command: str, on_event: L
         raise BadInput("train.log_grad_norms works in a single process; drop it or --nproc")
     trained = distributed.trained_per_epoch(distributed.shard_size(len(train_split)), t.batch_size)
     batches_per_epoch = math.ceil(trained / t.batch_size)
-    optimizer = make_optimizer(setup)
+    optimizer = make_optimizer(recipe, model, mixer)
     scheduler = make_scheduler(setup, optimizer, math.ceil(batches_per_epoch / t.accumulation))
     dtype = amp_dtype(device, t.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
