@@ -9,8 +9,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import torch
-
 from msmix_cli.errors import BadInput, MsmixError, RunFailed, first_line
 
 # What the system says when the machine fails (its disk is full or failing), not the path it was given.
@@ -92,6 +90,8 @@ def atomic_write_with(path: str | os.PathLike[str], write: Callable[[Path], Any]
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    import torch  # here, not at the top: the CLI imports this module for its errors, and `--help` must stay fast
+
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         # Through a Python file, a failed write raises the system's OSError; given a path, torch's C++
         # writer reports it only as "unexpected pos ...".

@@ -10,9 +10,9 @@ import io
 import json
 import math
 import os
+import sys
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 from rich.table import Table
 
 DISPLAY_NAMES: dict[str, str] = {
@@ -139,10 +139,8 @@ def _jsonable(value: Any) -> Any:
         return {key: _jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(item) for item in value]
-    if isinstance(value, np.ndarray):
+    if is_numpy(value):
         return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, os.PathLike):
@@ -150,9 +148,15 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def is_numpy(value: object) -> bool:
+    """A NumPy array or scalar. Without NumPy loaded nothing can be one, so the help and the tables never import it."""
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(value, (numpy.ndarray, numpy.generic))
+
+
 def _csv_cell(value: object) -> str:
-    if isinstance(value, np.generic):
-        value = value.item()
+    if is_numpy(value):
+        value = value.tolist()  # type: ignore[attr-defined]
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return repr(value) if isinstance(value, float) else str(value)

@@ -127,7 +127,7 @@ def test_an_internal_error_is_one_line_and_exit_1(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise ValueError("something inside broke")
 
-    monkeypatch.setattr("msmix_cli.cli.train.fit", broken)
+    monkeypatch.setattr("msmix_cli.training.loop.fit", broken)
     monkeypatch.delenv("MSMIX_DEBUG", raising=False)
     result = invoke("train", "--samples", 40, "--data-root", tmp_path / "data", "--out", tmp_path / "runs")
     assert result.exit_code == 1

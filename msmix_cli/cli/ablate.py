@@ -6,7 +6,7 @@ import math
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
@@ -14,16 +14,17 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from msmix_cli.ablation import (REFERENCE, AblationPlanned, AblationResult, AblationSpec, Event, RunFinished, parse_names,
-                                parse_seeds, parse_variants, run_ablation, variant_label)
 from msmix_cli.cli.app import app, err, out, reports_errors
 from msmix_cli.cli.train import OutputFormat, training_overrides
-from msmix_cli.data.loading import data_root_default
-from msmix_cli.data.specs import DATASETS
+from msmix_cli.data.specs import DATASETS, data_root_default
 from msmix_cli.errors import RunFailed
-from msmix_cli.metrics import HIGHER_IS_BETTER, KEY_METRIC, METRIC_NAMES
 from msmix_cli.report import comparison_table, display_name, format_metric, to_csv, to_json
 from msmix_cli.training.events import EpochDone, RunStarted
+
+if TYPE_CHECKING:
+    from msmix_cli.ablation import AblationPlanned, AblationResult, Event, RunFinished
+
+# The ablation machinery (torch, scikit-learn) is imported when the command runs, so that `--help` answers at once.
 
 
 @app.command()
@@ -58,6 +59,8 @@ def ablate(
 
     Example: msmix ablate --dataset synth --backbone tfn,lmf --baselines --max-epochs 5
     """
+    from msmix_cli.ablation import AblationSpec, parse_names, parse_seeds, parse_variants, run_ablation
+
     DATASETS.use_data_root(data_root or data_root_default())  # where imported datasets are looked up
     spec = AblationSpec(
         variants=tuple(parse_variants(drop, grid, baselines)), seeds=parse_seeds(seeds), out=out_dir,
@@ -92,6 +95,9 @@ def render(result: AblationResult, output: OutputFormat) -> None:
 
 
 def group_table(result: AblationResult, dataset: str, backbone: str) -> Table:
+    from msmix_cli.ablation import REFERENCE, variant_label
+    from msmix_cli.metrics import HIGHER_IS_BETTER, KEY_METRIC, METRIC_NAMES
+
     key = KEY_METRIC[DATASETS.get(dataset).metric_set]
     delta_column, p_column = f"Δ {display_name(key)}", "p"
     rows = []
@@ -112,6 +118,8 @@ def group_table(result: AblationResult, dataset: str, backbone: str) -> Table:
 
 
 def signed_delta(metric: str, delta: float) -> str:
+    from msmix_cli.metrics import HIGHER_IS_BETTER
+
     if math.isnan(delta):
         return "n/a"
     better = delta > 0 if HIGHER_IS_BETTER[metric] else delta < 0
@@ -143,6 +151,8 @@ class AblationProgress:
         self.progress.stop()
 
     def __call__(self, event: Event) -> None:
+        from msmix_cli.ablation import AblationPlanned, RunFinished
+
         if isinstance(event, AblationPlanned):
             self.planned(event)
         elif isinstance(event, RunFinished):

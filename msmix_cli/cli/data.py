@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
@@ -16,15 +16,16 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
 from rich.table import Table
 
 from msmix_cli.cli.app import app, err, out, reports_errors
-from msmix_cli.data.download import DownloadReport, HttpSettings, download
-from msmix_cli.data.imported import import_csd, import_pickle
-from msmix_cli.data.inspect import Entry, Inspection, inspect_file
-from msmix_cli.data.loading import data_root_default
-from msmix_cli.data.mmsdk import DEFAULT_TOLERANCE
-from msmix_cli.data.preprocess import PreprocessReport, preprocess
-from msmix_cli.data.specs import DATASETS
+from msmix_cli.data.specs import DATASETS, DEFAULT_TOLERANCE, data_root_default
 from msmix_cli.errors import BadInput
 from msmix_cli.report import to_json
+
+if TYPE_CHECKING:
+    from msmix_cli.data.download import DownloadReport
+    from msmix_cli.data.inspect import Entry, Inspection
+    from msmix_cli.data.preprocess import PreprocessReport
+
+# The readers (h5py, NumPy) are imported when a command runs, so that `--help` answers at once.
 
 PUBLISHED = ", ".join(name for name in DATASETS if DATASETS.get(name).sources)
 DATA_ROOT_HELP = "Data folder (default $MSMIX_DATA_ROOT or ./data)."
@@ -98,6 +99,8 @@ def download_command(
 
     Example: msmix download --dataset mosi --source mmsdk --from ~/csd --features audio=covarep.csd
     """
+    from msmix_cli.data.download import HttpSettings, download
+
     http = HttpSettings(timeout=timeout, retries=retries, mirror=mirror)
     named = parse_features(features)
     with NamedBars(err, DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()) as progress:
@@ -148,6 +151,8 @@ def preprocess_command(
     Example: msmix preprocess --from my_features.pkl --name myfeats, then msmix train --dataset myfeats
     """
     if inspect is not None:
+        from msmix_cli.data.inspect import inspect_file
+
         inspection = inspect_file(inspect)
         if output is OutputFormat.json:
             print(to_json(asdict(inspection)))
@@ -161,6 +166,9 @@ def preprocess_command(
              "--features": bool(features), "--tolerance": tolerance is not None}
     check_import_options(dataset, source, from_pickle, csd, name, given)
     overlap = DEFAULT_TOLERANCE if tolerance is None else tolerance
+    from msmix_cli.data.imported import import_csd, import_pickle
+    from msmix_cli.data.preprocess import preprocess
+
     with NamedBars(err, MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as progress:
         if from_pickle is not None:
             report = import_pickle(name, from_pickle, data_root=root, setting=setting, label_range=label_range,

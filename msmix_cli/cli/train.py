@@ -2,30 +2,31 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import shlex
 import sys
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from msmix_cli.cli.app import app, err, out, reports_errors
-from msmix_cli.cli.progress import TrainingProgress
-from msmix_cli.data.loading import data_root_default
-from msmix_cli.data.specs import DATASETS
+from msmix_cli.data.specs import DATASETS, data_root_default
 from msmix_cli.errors import BadInput
-from msmix_cli.models import count_parameters
-from msmix_cli.recipes import Recipe, resolve_recipe
 from msmix_cli.report import comparison_table, metrics_table, to_csv, to_json
-from msmix_cli.training import distributed
-from msmix_cli.training.loop import build_networks, evaluate_run, fit, published_shape
-from msmix_cli.training.perturb import PerturbSpec
-from msmix_cli.training.rundir import RunDir
 
+if TYPE_CHECKING:
+    from msmix_cli.recipes import Recipe
+    from msmix_cli.training.rundir import RunDir
+
+# torch and the training modules are imported inside the commands: `--help` and a mistyped option must answer at
+# once, not after the seconds torch takes to load.
+
+F = TypeVar("F", bound=Callable)
 MIX_PARTS = ("sass", "sig", "sal")
 
 
@@ -62,9 +63,24 @@ def default_run_name(recipe: Recipe) -> str:
     return f"{recipe.data.dataset}-{recipe.backbone}-{mix}-seed{recipe.train.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def joins_process_group(command: F) -> F:
+    """`distributed.joins_process_group` in a process torchrun started (it sets WORLD_SIZE); any other process runs
+    the command as it is, so that its command line is checked before torch loads."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if "WORLD_SIZE" not in os.environ:
+            return command(*args, **kwargs)
+        from msmix_cli.training import distributed
+
+        return distributed.joins_process_group(command)(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 @app.command()
 @reports_errors
-@distributed.joins_process_group
+@joins_process_group
 def train(
     dataset: Optional[str] = typer.Option(None, help="synth (built-in), mosi, mosei, sims, simsv2, or the --name of "
                                           "an import (msmix preprocess --from FILE.pkl --name NAME)."),
@@ -95,10 +111,6 @@ def train(
 
     Example: msmix train --dataset synth --backbone mult --mix msmix --seed 1111 --max-epochs 5
     """
-    if nproc > 1 and not distributed.launched_by_torchrun():
-        raise typer.Exit(distributed.launch(nproc, sys.argv[1:]))
-    root = data_root or data_root_default()
-    DATASETS.use_data_root(root)  # where imported datasets are looked up
     if resume is not None:
         given = [flag for flag, value in (("--recipe", recipe), ("--set", set_), ("--dataset", dataset), ("--backbone", backbone),
                                           ("--mix", mix), ("--seed", seed), ("--device", device), ("--max-epochs", max_epochs),
@@ -106,10 +118,20 @@ def train(
                                           ("--log-grad-norms", log_grad_norms)) if value]
         if given:
             raise BadInput(f"--resume continues a run with its saved recipe; drop {given[0]}")
+    drops = drop_overrides(drop, no_sass, no_sig, no_sal)
+    from msmix_cli.models import count_parameters
+    from msmix_cli.recipes import resolve_recipe
+    from msmix_cli.training import distributed
+    from msmix_cli.training.loop import build_networks, published_shape
+
+    if nproc > 1 and not distributed.launched_by_torchrun():
+        raise typer.Exit(distributed.launch(nproc, sys.argv[1:]))
+    root = data_root or data_root_default()
+    DATASETS.use_data_root(root)  # where imported datasets are looked up
+    if resume is not None:
         run = resumable_run(resume)
         run_training(run.recipe(), run, root, output, resume=True)
         return
-    drops = drop_overrides(drop, no_sass, no_sig, no_sal)
     resolved = resolve_recipe(recipe, dataset=dataset, backbone=backbone, assignments=set_,
                               overrides=training_overrides(mix, seed, device, max_epochs, samples, drops, log_grad_norms))
     if dry_run:
@@ -123,6 +145,8 @@ def train(
 
 def choose_run(recipe: Recipe, out_dir: Path, name: str | None) -> tuple[RunDir, bool]:
     """The run directory to train into, and whether it continues an interrupted run of the same recipe."""
+    from msmix_cli.training.rundir import RunDir
+
     existing = RunDir(out_dir / name) if name else None
     if existing is not None and existing.resumable:
         if existing.recipe() != recipe:
@@ -133,6 +157,8 @@ def choose_run(recipe: Recipe, out_dir: Path, name: str | None) -> tuple[RunDir,
 
 
 def resumable_run(path: Path) -> RunDir:
+    from msmix_cli.training.rundir import RunDir
+
     run = RunDir(path)
     if not run.path.is_dir():
         raise BadInput(f"no run directory at {run.path}")
@@ -144,6 +170,10 @@ def resumable_run(path: Path) -> RunDir:
 
 
 def run_training(recipe: Recipe, run: RunDir, root: Path, output: OutputFormat, resume: bool) -> None:
+    from msmix_cli.cli.progress import TrainingProgress
+    from msmix_cli.training import distributed
+    from msmix_cli.training.loop import fit
+
     command = "msmix " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if not distributed.ranks().is_main:
         fit(recipe, run, data_root=root, command=command, resume=resume)  # rank 0 reports for every rank
@@ -172,6 +202,10 @@ def evaluate(
 
     Example: msmix evaluate runs/* --drop-modality audio --format csv
     """
+    from msmix_cli.training.loop import evaluate_run
+    from msmix_cli.training.perturb import PerturbSpec
+    from msmix_cli.training.rundir import RunDir
+
     if split not in ("train", "valid", "test"):
         raise BadInput(f"unknown split {split!r}; choose one of: train, valid, test")
     perturbation = PerturbSpec.from_options(drop_modality, noise, noise_on, noise_seed)
@@ -210,5 +244,4 @@ def render_metrics(result: dict[str, Any], output: OutputFormat, title: str) -> 
     elif output is OutputFormat.csv:
         print(to_csv([{"split": result["split"], "best_epoch": result["best_epoch"], **result["metrics"]}]), end="")
     else:
-        table: Table = metrics_table(result["metrics"], title=title)
-        out.print(table)
+        out.print(metrics_table(result["metrics"], title=title))
