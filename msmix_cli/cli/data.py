@@ -15,7 +15,7 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
                            TextColumn, TimeRemainingColumn, TransferSpeedColumn)
 from rich.table import Table
 
-from msmix_cli.cli.app import app, err, out, reports_errors
+from msmix_cli.cli.app import app, err, out, print_table, reports_errors
 from msmix_cli.data.specs import DATASETS, DEFAULT_TOLERANCE, data_root_default
 from msmix_cli.errors import BadInput
 from msmix_cli.report import to_json
@@ -97,6 +97,10 @@ def download_command(
 ) -> None:
     """Fetch a dataset's published files into <data-root>/raw/<dataset>/, resuming and verifying them.
 
+    Example: msmix download --dataset mosi --from ~/Downloads/MOSI   (MMSA's pickles, fetched by hand)
+
+    Example: msmix download --dataset mosi --source mmsdk   (the CMU SDK's .csd files, over HTTP)
+
     Example: msmix download --dataset mosi --source mmsdk --from ~/csd --features audio=covarep.csd
     """
     from msmix_cli.data.download import HttpSettings, download
@@ -106,7 +110,7 @@ def download_command(
     with NamedBars(err, DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()) as progress:
         report = download(dataset, source, data_root=data_root or data_root_default(), from_path=from_path,
                           link=link, http=http, progress=progress, features=named)
-    out.print(download_table(report))
+    print_table(download_table(report))
 
 
 @app.command("preprocess")
@@ -147,6 +151,8 @@ def preprocess_command(
     output: OutputFormat = typer.Option(OutputFormat.table, "--format", help="How to print the result."),
 ) -> None:
     """Turn a dataset's raw files into the cache `train` reads (<data-root>/cache/<dataset>-<setting>.h5).
+
+    Example: msmix preprocess --dataset mosi   (after msmix download --dataset mosi ...)
 
     Example: msmix preprocess --from my_features.pkl --name myfeats, then msmix train --dataset myfeats
     """
@@ -235,7 +241,7 @@ def render_preprocess(report: PreprocessReport) -> None:
         table.add_column(column, justify="right")
     for split, count in report.samples.items():
         table.add_row(split, str(count), *(f"{length}, {dim}" for length, dim in report.shape.values()))
-    out.print(table)
+    print_table(table)
     for note in report.notes:
         err.print(f"[dim]note:[/] {escape(note)}", highlight=False)
 
@@ -251,7 +257,7 @@ def render_inspection(inspection: Inspection) -> None:
                          no_wrap=column in ("key", "shape"))
     for entry in inspection.entries:
         table.add_row(*_entry_cells(entry))
-    out.print(table)
+    print_table(table)
 
 
 def _entry_cells(entry: Entry) -> tuple[str, ...]:

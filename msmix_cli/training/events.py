@@ -15,6 +15,7 @@ class RunStarted:
     parameters: int
     device: str
     description: str  # one line on the data trained on
+    resumed_from: int | None = None  # a resumed run: the last epoch complete before it stopped
 
 
 @dataclass(frozen=True)

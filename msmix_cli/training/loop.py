@@ -22,6 +22,7 @@ from msmix_cli.errors import BadInput, Interrupted, MsmixError, RunFailed, first
 from msmix_cli.metrics import regression_metrics
 from msmix_cli.mixing import MIXERS, Mix, Mixer, build_mixer, mix_loss
 from msmix_cli.models import Backbone, build_backbone, count_parameters, task_loss
+from msmix_cli.naming import run_identity
 from msmix_cli.recipes import Recipe
 from msmix_cli.training import distributed
 from msmix_cli.training.diagnostics import EpochLog, intensity_correlations, parameter_parts, term_grad_norms
@@ -224,7 +225,8 @@ def fit(recipe: Recipe, run: RunDir, *, data_root: Path, command: str = "msmix t
         state = restore(load_checkpoint(run.last_file, device), model, mixer, optimizer, scheduler, scaler, rng)
     description = describe(setup)  # loads every split: a damaged one is refused before the run directory is written
     run.start(recipe, command, device, resumed_from=state["epoch"] if resume else None)
-    on_event(RunStarted(run.path, t.max_epochs, batches_per_epoch, count_parameters(model), str(device), description))
+    on_event(RunStarted(run.path, t.max_epochs, batches_per_epoch, count_parameters(model), str(device), description,
+                        resumed_from=state["epoch"] if resume else None))
 
     history: list[dict[str, Any]] = state["history"]
     best_loss, best_epoch = state["best_loss"], state["best_epoch"]
@@ -295,7 +297,7 @@ def fit(recipe: Recipe, run: RunDir, *, data_root: Path, command: str = "msmix t
         distributed.barrier()  # rank 0 has written the best checkpoint
         model.load_state_dict(run.load_best(device)["model"])
         metrics, _, _ = evaluate(setup, "test")
-        result = {"split": "test", "best_epoch": best_epoch, "epochs_run": len(history), "metrics": metrics}
+        result = {**run_identity(recipe), "split": "test", "best_epoch": best_epoch, "epochs_run": len(history), "metrics": metrics}
         run.write_metrics(json_safe(result))
     except Interrupted:
         mark_stopped(run, INTERRUPTED, started)
@@ -304,6 +306,8 @@ def fit(recipe: Recipe, run: RunDir, *, data_root: Path, command: str = "msmix t
         mark_stopped(run, FAILED, started)
         raise
     run.update_info(status=COMPLETE, best_epoch=best_epoch, wall_time_s=round(time.perf_counter() - started, 3))
+    if not t.keep_last:  # a complete run is never resumed: its resume point is only disk used
+        run.last_file.unlink(missing_ok=True)
     return result
 
 
@@ -357,7 +361,7 @@ def evaluate_run(run: RunDir, *, data_root: Path, split: str = "test", device: s
     setup = build(recipe, data_root, device)
     setup.model.load_state_dict(run.load_best(setup.device)["model"])
     metrics, _, _ = evaluate(setup, split, perturb)
-    return json_safe({"split": split, "best_epoch": run.info().get("best_epoch"), "metrics": metrics})
+    return json_safe({**run_identity(recipe), "split": split, "best_epoch": run.info().get("best_epoch"), "metrics": metrics})
 
 
 def describe(setup: Setup) -> str:

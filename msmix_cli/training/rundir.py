@@ -1,7 +1,8 @@
 """A run directory: resolved recipe, checkpoints, history, metrics and a status marker, each written atomically.
 
     runs/<run>/ recipe.yaml  run.json (status: running | complete | failed, versions, device, wall time)
-                checkpoint.pt (best validation)  last.pt (resume point)  history.csv  metrics.json
+                checkpoint.pt (best validation)  last.pt (resume point, removed once complete unless train.keep_last)
+                history.csv  metrics.json
 """
 
 from __future__ import annotations
@@ -37,13 +38,13 @@ class RunDir:
 
     @classmethod
     def create(cls, out: Path, name: str) -> RunDir:
+        """A new run directory at out/name. Nothing is made on disk yet: the folder appears with the run's first
+        file (`start`), so a run refused for its data or device leaves no empty directory behind."""
         path = Path(out) / name
-        if path.exists() and any(path.iterdir()):
+        if path.exists() and not path.is_dir():
+            raise BadInput(f"cannot create run directory {path}: a file of that name exists")
+        if path.is_dir() and any(path.iterdir()):
             raise BadInput(f"run directory {path} already exists; choose another --name or remove it")
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise BadInput(f"cannot create run directory {path}: {error.strerror or error}") from None
         return cls(path)
 
     @property
