@@ -21,11 +21,11 @@ class PlotUnavailable(MsmixError):
     """No figure can be drawn here; everything else still works."""
 
 
-def require_matplotlib() -> None:
+def require_matplotlib(figure: str = "ablation.png") -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise PlotUnavailable("matplotlib is not installed, so no ablation.png: pip install 'msmix[plot]'") from None
+        raise PlotUnavailable(f"matplotlib is not installed, so no {figure}: pip install 'msmix[plot]'") from None
 
 
 def plot_ablation(summary: Sequence[dict[str, Any]], path: Path) -> Path:

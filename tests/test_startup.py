@@ -30,10 +30,11 @@ def run_cli(*args: str) -> tuple[int, list[str], str]:
     return report["code"], report["heavy"], "\n".join(lines)
 
 
-COMMANDS = ("train", "evaluate", "ablate", "download", "preprocess")
+COMMANDS = ("train", "evaluate", "ablate", "download", "preprocess", "ls", "env", "clean", "plot", "recipe",
+            "recipe show", "recipe cp", "recipe validate")
 
 
-@pytest.mark.parametrize("args", [("--help",), *((command, "--help") for command in COMMANDS)])
+@pytest.mark.parametrize("args", [("--help",), ("--version",), *((*command.split(), "--help") for command in COMMANDS)])
 def test_help_imports_nothing_heavy(args):
     code, heavy, _ = run_cli(*args)
     assert code in (0, None) and heavy == []

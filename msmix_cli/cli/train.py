@@ -22,6 +22,7 @@ from msmix_cli.report import comparison_table, metrics_table, to_csv, to_json
 
 if TYPE_CHECKING:
     from msmix_cli.recipes import Recipe
+    from msmix_cli.tracking import Tracking
     from msmix_cli.training.rundir import RunDir
 
 # torch and the training modules are imported inside the commands: `--help` and a mistyped option must answer at
@@ -34,6 +35,11 @@ class OutputFormat(str, Enum):
     table = "table"
     json = "json"
     csv = "csv"
+
+
+class Tracker(str, Enum):
+    tensorboard = "tensorboard"
+    mlflow = "mlflow"
 
 
 class Columns(str, Enum):
@@ -116,6 +122,9 @@ def train(
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate the recipe, build the model, print it; train nothing."),
     resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run directory from its last complete epoch."),
     output: OutputFormat = typer.Option(OutputFormat.table, "--format", help="How to print the test metrics."),
+    log: list[Tracker] = typer.Option([], "--log", show_default=False, help="Also log to TensorBoard (event files in "
+                                      "the run directory) or MLflow (--mlflow-uri); repeatable; optional extras."),
+    mlflow_uri: str = typer.Option("./mlruns", "--mlflow-uri", help="MLflow tracking URI for --log mlflow."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes to train with DistributedDataParallel (one per GPU "
                               "with --device cuda); launches torchrun. train.batch_size is per process."),
 ) -> None:
@@ -131,6 +140,11 @@ def train(
         if given:
             raise BadInput(f"--resume continues a run with its saved recipe; drop {given[0]}")
     drops = drop_overrides(drop, no_sass, no_sig, no_sal)
+    from msmix_cli.tracking import Tracking, check_trackers
+
+    trackers = [t.value for t in dict.fromkeys(log)]
+    check_trackers(trackers)
+    tracking = Tracking(trackers, mlflow_uri) if trackers else None
     from msmix_cli.models import count_parameters
     from msmix_cli.recipes import dump_recipe, resolve_recipe
     from msmix_cli.training import distributed
@@ -142,7 +156,7 @@ def train(
     DATASETS.use_data_root(root)  # where imported datasets are looked up
     if resume is not None:
         run = resumable_run(resume)
-        run_training(run.recipe(), run, root, output, resume=True)
+        run_training(run.recipe(), run, root, output, resume=True, tracking=tracking)
         return
     resolved = resolve_recipe(recipe, dataset=dataset, backbone=backbone, assignments=set_,
                               overrides=training_overrides(mix, seed, device, max_epochs, samples, drops, log_grad_norms, keep_last))
@@ -153,7 +167,7 @@ def train(
                   f"(+{mixer.used_parameters():,} in the {mix_label(resolved.mix)} mixer); recipe is valid.", highlight=False)
         return
     run, resuming = distributed.on_main(lambda: choose_run(resolved, out_dir, name))
-    run_training(resolved, run, root, output, resume=resuming)
+    run_training(resolved, run, root, output, resume=resuming, tracking=tracking)
 
 
 def command_line() -> str:
@@ -187,8 +201,11 @@ def resumable_run(path: Path) -> RunDir:
     return run
 
 
-def run_training(recipe: Recipe, run: RunDir, root: Path, output: OutputFormat, resume: bool) -> None:
+def run_training(recipe: Recipe, run: RunDir, root: Path, output: OutputFormat, resume: bool,
+                 tracking: Tracking | None = None) -> None:
     from msmix_cli.cli.progress import TrainingProgress
+    from msmix_cli.errors import Interrupted
+    from msmix_cli.tracking import both
     from msmix_cli.training import distributed
     from msmix_cli.training.loop import fit
 
@@ -197,7 +214,15 @@ def run_training(recipe: Recipe, run: RunDir, root: Path, output: OutputFormat, 
         fit(recipe, run, data_root=root, command=command, resume=resume)  # rank 0 reports for every rank
         return
     with TrainingProgress(err) as progress:
-        result = fit(recipe, run, data_root=root, command=command, on_event=progress, resume=resume)
+        listener = progress if tracking is None else both(progress, tracking)
+        try:
+            result = fit(recipe, run, data_root=root, command=command, on_event=listener, resume=resume)
+        except BaseException as error:
+            if tracking is not None:
+                tracking.finish("interrupted" if isinstance(error, (Interrupted, KeyboardInterrupt)) else "failed")
+            raise
+    if tracking is not None:
+        tracking.finish("complete", result["metrics"])
     render_metrics(result, output, title=f"{escape(run.path.name)}: test metrics (best valid epoch {result['best_epoch']})")
     if output is OutputFormat.table:
         err.print(escape(f"saved to {run.path}  (msmix evaluate {run.path})"), highlight=False)
@@ -215,7 +240,13 @@ def evaluate(
     drop_modality: Optional[str] = typer.Option(None, "--drop-modality", help="Zero these modalities at test time: text, audio, vision (comma-separated)."),
     noise: Optional[float] = typer.Option(None, help="Add Gaussian noise of this standard deviation (in feature units) to the inputs."),
     noise_on: Optional[str] = typer.Option(None, "--noise-on", help="Modalities that get the noise (default: all not dropped)."),
-    noise_seed: int = typer.Option(0, "--noise-seed", help="Seed of the noise; every run sees the same noise."),
+    noise_seed: int = typer.Option(0, "--noise-seed", help="Seed of the noise and of --missing-rate's draws; every "
+                                   "run sees the same."),
+    missing_rate: Optional[str] = typer.Option(
+        None, "--missing-rate", metavar="RATES", help="Missing-modality curve: at each rate (e.g. 0,0.1,0.5,0.9) every "
+        "modality of every sample is zeroed with that probability; metrics vs rate, and a PNG (--plot)."),
+    missing_draws: int = typer.Option(3, "--missing-draws", help="Seeded draws averaged at each --missing-rate."),
+    plot: Path = typer.Option(Path("missing-rate.png"), "--plot", help="Where --missing-rate draws its curve."),
     columns: Columns = typer.Option(Columns.fit, "--columns", help=COLUMNS_HELP),
 ) -> None:
     """Reload runs' best checkpoints with their saved recipes and report their metrics, optionally perturbed.
@@ -224,16 +255,27 @@ def evaluate(
     run) are skipped and named on stderr.
 
     Example: msmix evaluate runs/* --drop-modality audio --format csv
+
+    Example: msmix evaluate runs/first --missing-rate 0,0.1,0.3,0.5,0.7,0.9 --plot missing.png
     """
     if split not in ("train", "valid", "test"):
         raise BadInput(f"unknown split {split!r}; choose one of: train, valid, test")
+    root = data_root or data_root_default()
+    DATASETS.use_data_root(root)
+    if missing_rate is not None:
+        if drop_modality or noise is not None:
+            raise BadInput("--missing-rate is a study of its own; drop --drop-modality and --noise")
+        from msmix_cli.cli.missing import evaluate_missing_rates
+
+        evaluate_missing_rates(run_dirs, rates=missing_rate, draws=missing_draws, seed=noise_seed, split=split,
+                               device=device, data_root=root, output=output.value, plot=plot,
+                               all_columns=columns is Columns.all)
+        return
     from msmix_cli.training.loop import evaluate_run
     from msmix_cli.training.perturb import PerturbSpec
 
     perturbation = PerturbSpec.from_options(drop_modality, noise, noise_on, noise_seed)
     runs, skipped = complete_runs(run_dirs)
-    root = data_root or data_root_default()
-    DATASETS.use_data_root(root)
     rows = [{"run": run.path.name, **evaluate_run(run, data_root=root, split=split, device=device, perturb=perturbation.build()),
              "perturbation": perturbation.describe()} for run in runs]  # build() per run: every run sees the same noise
     for reason in skipped:  # said once the runs are evaluated, so that an error stays the only line

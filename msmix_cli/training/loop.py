@@ -292,13 +292,15 @@ def fit(recipe: Recipe, run: RunDir, *, data_root: Path, command: str = "msmix t
                                "scheduler": None if scheduler is None else scheduler.state_dict(), "scaler": scaler.state_dict(),
                                "epoch": epoch, "best_loss": best_loss, "best_epoch": best_epoch, "history": history,
                                "rng": capture_rng(rng)})
-                on_event(EpochDone(epoch, train_row["train_loss"], valid_loss, valid_metrics["MAE"], improved, best_epoch))
+                on_event(EpochDone(epoch, train_row["train_loss"], valid_loss, valid_metrics["MAE"], improved, best_epoch,
+                                   row=history[-1]))
 
         distributed.barrier()  # rank 0 has written the best checkpoint
         model.load_state_dict(run.load_best(device)["model"])
         metrics, _, _ = evaluate(setup, "test")
         result = {**run_identity(recipe), "split": "test", "best_epoch": best_epoch, "epochs_run": len(history), "metrics": metrics}
         run.write_metrics(json_safe(result))
+        draw_curves(run, history, recipe)
     except Interrupted:
         mark_stopped(run, INTERRUPTED, started)
         raise
@@ -309,6 +311,18 @@ def fit(recipe: Recipe, run: RunDir, *, data_root: Path, command: str = "msmix t
     if not t.keep_last:  # a complete run is never resumed: its resume point is only disk used
         run.last_file.unlink(missing_ok=True)
     return result
+
+
+def draw_curves(run: RunDir, history: list[dict[str, Any]], recipe: Recipe) -> None:
+    """curves.png in the run directory, when matplotlib is installed (an optional extra) and this rank writes."""
+    from msmix_cli.curves import CURVES_FILE, curves_from_history, plot_curves
+    from msmix_cli.plots import PlotUnavailable
+
+    if not distributed.ranks().is_main:
+        return
+    title = f"{run.path.name}: {recipe.backbone} on {recipe.data.dataset}, {recipe.mix.name}, seed {recipe.train.seed}"
+    with contextlib.suppress(PlotUnavailable):
+        plot_curves([curves_from_history(run.path.name, history)], run.path / CURVES_FILE, title)
 
 
 def mark_stopped(run: RunDir, status: str, started: float) -> None:
