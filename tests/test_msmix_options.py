@@ -16,7 +16,7 @@ from msmix_cli.mixing.presets import AUTHORS, PRESETS, apply_preset
 from msmix_cli.mixing.sal import intensity_regression_loss
 from msmix_cli.mixing.sass import select_pairs
 from msmix_cli.recipes import recipes_dir, resolve_recipe
-from msmix_cli.training.diagnostics import EpochLog, pearson
+from msmix_cli.training.diagnostics import EpochLog, intensity_correlations, pearson
 from msmix_cli.training.loop import fit
 from msmix_cli.training.rundir import RunDir
 from msmix_cli.types import Multimodal
@@ -209,10 +209,22 @@ def test_msmix_history_has_mixing_statistics_and_gradient_norms(trained) -> None
     row = history(trained["msmix"].path)[0]
     for column in ("pairs_same_sign", "random_same_sign", "pairs_abs_dy", "random_abs_dy", "sass_candidates",
                    "sass_fallback", "lam_y_mean", "lam_y_std", "lam_text_mean", "saturated_vision", "corr_I_audio",
-                   "valid_corr_I_text", "grad_task_encoder", "grad_sal_encoder", "grad_mix_predictors", "grad_task_head"):
+                   "valid_corr_I_text", "valid_corr_signed_I_text", "valid_corr_abs_prediction", "grad_task_encoder", "grad_sal_encoder", "grad_mix_predictors", "grad_task_head"):
         assert row[column] != "", column
     assert float(row["grad_task_predictors"]) == 0.0  # the task loss never reaches the mixer
     assert float(row["grad_sal_head"]) == 0.0  # SAL reads the latents, not the head
+
+
+def test_intensity_correlations_read_magnitude_sign_and_the_models_own_yardstick() -> None:
+    label = np.array([-3.0, -1.0, 0.5, 2.0, 3.0])
+    signed = {"text": [torch.tensor(label[:2]), torch.tensor(label[2:])]}  # gathered in two batches
+    flipped = {"text": [torch.tensor(-label)]}
+    exact = intensity_correlations(signed, label, predictions=label * 0.5)
+    assert exact["corr_I_text"] == pytest.approx(1.0) and exact["corr_signed_I_text"] == pytest.approx(1.0)
+    assert exact["corr_abs_prediction"] == pytest.approx(1.0)
+    opposite = intensity_correlations(flipped, label, predictions=np.full(5, 0.1) + np.arange(5) * 0.01)
+    assert opposite["corr_I_text"] == pytest.approx(1.0) and opposite["corr_signed_I_text"] == pytest.approx(-1.0)
+    assert intensity_correlations({}, label, label) == {}
 
 
 def test_warmup_epochs_train_clean_then_mix(trained) -> None:

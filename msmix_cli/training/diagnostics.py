@@ -8,6 +8,9 @@ Mixing columns (present when the mixer mixes):
     lam_y_mean/std, lam_<m>_mean/std     label and per-modality mixing ratios
     saturated_<m>                        share of intensities with |I| > 2.9 (3 tanh saturated)
     corr_I_<m>                           Pearson correlation of |I^m| and |y| over the epoch's training samples
+    valid_corr_I_<m>, valid_corr_signed_I_<m>, valid_corr_abs_prediction
+                                         on validation: corr(|I^m|, |y|), corr(I^m, y), and the model's own
+                                         corr(|prediction|, |y|), the ceiling a magnitude predictor is read against
 The "random" columns are exact expectations over the batch, not a second draw: they show what uniform pairing
 would have given the same batch, so a selection that selects stands out.
 """
@@ -111,10 +114,18 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def intensity_correlations(intensities: dict[str, Sequence[Tensor]], labels: np.ndarray) -> dict[str, float]:
-    """corr(|I^m|, |y|) on a split, from the predictors' outputs gathered batch by batch."""
+def intensity_correlations(intensities: dict[str, Sequence[Tensor]], labels: np.ndarray,
+                           predictions: np.ndarray) -> dict[str, float]:
+    """corr(|I^m|, |y|) and corr(I^m, y) on a split, from the predictors' outputs gathered batch by batch, and
+    beside them corr(|prediction|, |y|) of the model itself: how much of the magnitude a trained model gets
+    at all, the yardstick corr_I is read against (|y| is much harder to predict than y)."""
+    if not intensities:
+        return {}
     magnitude = np.abs(labels)
-    return {f"corr_I_{m}": pearson(torch.cat(list(chunks)).abs().numpy(), magnitude) for m, chunks in intensities.items()}
+    values = {m: torch.cat(list(chunks)).numpy() for m, chunks in intensities.items()}
+    return ({f"corr_I_{m}": pearson(np.abs(v), magnitude) for m, v in values.items()}
+            | {f"corr_signed_I_{m}": pearson(v, labels) for m, v in values.items()}
+            | {"corr_abs_prediction": pearson(np.abs(predictions), magnitude)})
 
 
 def parameter_parts(model: nn.Module, mixer: nn.Module, batch: Batch) -> dict[str, list[nn.Parameter]]:

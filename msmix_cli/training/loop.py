@@ -170,7 +170,7 @@ def evaluate(setup: Setup, split_name: str, perturb: Perturbation | None = None,
     if not np.isfinite(pred).all():
         raise RunFailed(f"the model predicts non-finite values on the {split_name} split; the run has diverged")
     loss = float(np.abs(pred - label).mean() if setup.model.task_loss == "l1" else ((pred - label) ** 2).mean())
-    return regression_metrics(pred, label, setup.metric_set), loss, intensity_correlations(probed, label)
+    return regression_metrics(pred, label, setup.metric_set), loss, intensity_correlations(probed, label, pred)
 
 
 def make_optimizer(setup: Setup) -> torch.optim.Optimizer:
