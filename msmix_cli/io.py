@@ -10,8 +10,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import torch
-
 from msmix_cli.errors import BadInput, MsmixError, RunFailed, first_line
 
 # `.NAME.PID.XXXXXXXX.tmp`: a temporary file names the process writing it, so a later writer can tell a dead one's.
@@ -131,6 +129,8 @@ def atomic_write_with(path: str | os.PathLike[str], write: Callable[[Path], Any]
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    import torch  # here, not at the top: the CLI imports this module for its errors, and `--help` must stay fast
+
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         # Through a Python file, a failed write raises the system's OSError; given a path, torch's C++
         # writer reports it only as "unexpected pos ...".

@@ -10,10 +10,9 @@ from msmix_cli.ablation import REFERENCE, variant_label
 from msmix_cli.errors import MsmixError
 from msmix_cli.io import atomic_path
 from msmix_cli.metrics import HIGHER_IS_BETTER
-from msmix_cli.report import DISPLAY_NAMES
+from msmix_cli.report import DISPLAY_NAMES, READING_ORDER as PLOT_METRICS
 
-# What a reader looks at first, in this order; each dataset shows the first four its metric set has.
-PLOT_METRICS = ("MAE", "Corr", "Non0_acc_2", "Mult_acc_2", "Mult_acc_7", "Mult_acc_3", "Non0_F1_score", "F1_score")
+# Each dataset shows the first four metrics of READING_ORDER its metric set has.
 PANELS_PER_DATASET = 4
 MARKERS = "oDs^v<>Ph*X"
 
@@ -22,11 +21,11 @@ class PlotUnavailable(MsmixError):
     """No figure can be drawn here; everything else still works."""
 
 
-def require_matplotlib() -> None:
+def require_matplotlib(figure: str = "ablation.png") -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise PlotUnavailable("matplotlib is not installed, so no ablation.png: pip install 'msmix[plot]'") from None
+        raise PlotUnavailable(f"matplotlib is not installed, so no {figure}: pip install 'msmix[plot]'") from None
 
 
 def plot_ablation(summary: Sequence[dict[str, Any]], path: Path) -> Path:

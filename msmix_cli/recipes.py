@@ -62,6 +62,7 @@ class TrainConfig:
     threads: int | None = None  # CPU intra-op threads; None: the cores this process may use, shared among local ranks
     compile: bool = False  # torch.compile the backbone's encode and head (first steps slower while it compiles)
     log_grad_norms: bool = False  # history.csv gets each loss term's gradient norm at encoder, head, predictors (costs backward passes)
+    keep_last: bool = False  # keep last.pt (the resume point, as large as the model and its optimiser) once the run is complete
 
 
 @dataclass

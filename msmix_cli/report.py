@@ -10,9 +10,9 @@ import io
 import json
 import math
 import os
-from typing import Any, Mapping, Sequence
+import sys
+from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 from rich.table import Table
 
 DISPLAY_NAMES: dict[str, str] = {
@@ -28,6 +28,9 @@ DISPLAY_NAMES: dict[str, str] = {
     "MAE": "MAE",
     "Corr": "Corr",
 }
+
+# What a reader looks at first, in this order: a figure's panels, and the columns a narrow terminal keeps.
+READING_ORDER = ("MAE", "Corr", "Non0_acc_2", "Mult_acc_2", "Mult_acc_7", "Mult_acc_3", "Non0_F1_score", "F1_score")
 
 # MAE and Corr are not fractions of samples, so they stay raw; every other known metric is one.
 _RAW_METRICS = frozenset({"MAE", "Corr"})
@@ -72,7 +75,7 @@ def metrics_table(metrics: Mapping[str, float], title: str, caption: str | None 
     """One row of metrics, one column each, in the dict's order."""
     table = Table(title=title, caption=caption)
     for name in metrics:
-        table.add_column(column_header(name), justify="right")
+        table.add_column(column_header(name), justify="right", overflow="fold")
     table.add_row(*(format_metric(name, value) for name, value in metrics.items()))
     return table
 
@@ -89,13 +92,14 @@ def comparison_table(
     A metric is a float or a (mean, std) pair, already aggregated by the caller; a missing one shows 'n/a'.
     """
     extra_columns = [key for key in _keys_in_order(rows) if key not in label_columns and key not in metric_names]
+    # Folded, never cut: on a narrow terminal a cell wraps, so no number or run name loses its last digits to "…"
     table = Table(title=title, caption=caption)
     for column in label_columns:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for name in metric_names:
-        table.add_column(column_header(name), justify="right")
+        table.add_column(column_header(name), justify="right", overflow="fold")
     for column in extra_columns:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(
             *(_text(row.get(column)) for column in label_columns),
@@ -103,6 +107,21 @@ def comparison_table(
             *(_text(row.get(column)) for column in extra_columns),
         )
     return table
+
+
+def drop_to_fit(table: Table, metric_names: Sequence[str], fits: Callable[[Table], bool]) -> list[str]:
+    """Leave out metric columns of `table`, the least read first (READING_ORDER), until `fits(table)`; the most
+    read one always stays. Returns the display names left out."""
+    unread = len(READING_ORDER)
+    order = sorted(metric_names, key=lambda n: READING_ORDER.index(n) if n in READING_ORDER else unread, reverse=True)
+    dropped: list[str] = []
+    for name in order[:-1]:
+        if fits(table):
+            break
+        index = next(i for i, column in enumerate(table.columns) if column.header == column_header(name))
+        table.columns.pop(index)
+        dropped.append(display_name(name))
+    return dropped
 
 
 def to_json(obj: Any) -> str:
@@ -139,10 +158,8 @@ def _jsonable(value: Any) -> Any:
         return {key: _jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(item) for item in value]
-    if isinstance(value, np.ndarray):
+    if is_numpy(value):
         return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, os.PathLike):
@@ -150,9 +167,15 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def is_numpy(value: object) -> bool:
+    """A NumPy array or scalar. Without NumPy loaded nothing can be one, so the help and the tables never import it."""
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(value, (numpy.ndarray, numpy.generic))
+
+
 def _csv_cell(value: object) -> str:
-    if isinstance(value, np.generic):
-        value = value.item()
+    if is_numpy(value):
+        value = value.tolist()  # type: ignore[attr-defined]
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return repr(value) if isinstance(value, float) else str(value)

@@ -37,8 +37,9 @@ def test_help_lists_commands():
 
 def test_train_writes_a_complete_run(trained):
     run, _ = trained
-    for name in ("recipe.yaml", "run.json", "checkpoint.pt", "last.pt", "history.csv", "metrics.json"):
+    for name in ("recipe.yaml", "run.json", "checkpoint.pt", "history.csv", "metrics.json"):
         assert (run / name).is_file(), name
+    assert not (run / "last.pt").exists()  # a complete run is never resumed: no resume point kept (--keep-last keeps it)
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "complete" and info["seed"] == 3 and "torch" in info["versions"]
     metrics = json.loads((run / "metrics.json").read_text())["metrics"]
@@ -127,7 +128,7 @@ def test_an_internal_error_is_one_line_and_exit_1(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise ValueError("something inside broke")
 
-    monkeypatch.setattr("msmix_cli.cli.train.fit", broken)
+    monkeypatch.setattr("msmix_cli.training.loop.fit", broken)
     monkeypatch.delenv("MSMIX_DEBUG", raising=False)
     result = invoke("train", "--samples", 40, "--data-root", tmp_path / "data", "--out", tmp_path / "runs")
     assert result.exit_code == 1

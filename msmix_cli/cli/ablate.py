@@ -6,7 +6,7 @@ import math
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
@@ -14,17 +14,18 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from msmix_cli.ablation import (REFERENCE, AblationPlanned, AblationResult, AblationSpec, Event, RunFinished, parse_names,
-                                parse_seeds, parse_variants, run_ablation, variant_label)
-from msmix_cli.cli.app import app, err, out, reports_errors
+from msmix_cli.cli.app import app, err, print_table, reports_errors
 from msmix_cli.cli.progress import live_bars
-from msmix_cli.cli.train import OutputFormat, training_overrides
-from msmix_cli.data.loading import data_root_default
-from msmix_cli.data.specs import DATASETS
+from msmix_cli.cli.train import COLUMNS_HELP, Columns, OutputFormat, training_overrides
+from msmix_cli.data.specs import DATASETS, data_root_default
 from msmix_cli.errors import RunFailed
-from msmix_cli.metrics import HIGHER_IS_BETTER, KEY_METRIC, METRIC_NAMES
 from msmix_cli.report import comparison_table, display_name, format_metric, to_csv, to_json
 from msmix_cli.training.events import EpochDone, RunStarted
+
+if TYPE_CHECKING:
+    from msmix_cli.ablation import AblationPlanned, AblationResult, Event, RunFinished
+
+# The ablation machinery (torch, scikit-learn) is imported when the command runs, so that `--help` answers at once.
 
 
 @app.command()
@@ -41,13 +42,15 @@ def ablate(
     jobs: int = typer.Option(1, help="Trainings in parallel processes (CPU: cores are shared out; GPU: see --share-gpu)."),
     share_gpu: bool = typer.Option(False, "--share-gpu", help="Let --jobs runs share one GPU (default: one at a time there)."),
     recipe: Optional[Path] = typer.Option(None, help="A YAML recipe; default recipes/<dataset>-<backbone>.yaml."),
-    set_: list[str] = typer.Option([], "--set", help="Override a recipe key in every run, e.g. --set train.lr=1e-3."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", show_default=False,
+                                   help="Override a recipe key in every run, e.g. --set train.lr=1e-3."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
     max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Hard limit on epochs of every run."),
     samples: Optional[int] = typer.Option(None, help="Size of the synthetic set (synth only)."),
     out_dir: Path = typer.Option(Path("runs/ablation"), "--out", help="Folder of the run directories and the results."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data folder (default $MSMIX_DATA_ROOT or ./data)."),
     output: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table, json or csv (the summary, on stdout)."),
+    columns: Columns = typer.Option(Columns.fit, "--columns", help=COLUMNS_HELP),
 ) -> None:
     """Train the full MS-Mix and its ablated variants on the same seeds; compare them, mean ± std over seeds.
 
@@ -59,6 +62,8 @@ def ablate(
 
     Example: msmix ablate --dataset synth --backbone tfn,lmf --baselines --max-epochs 5
     """
+    from msmix_cli.ablation import AblationSpec, parse_names, parse_seeds, parse_variants, run_ablation
+
     DATASETS.use_data_root(data_root or data_root_default())  # where imported datasets are looked up
     spec = AblationSpec(
         variants=tuple(parse_variants(drop, grid, baselines)), seeds=parse_seeds(seeds), out=out_dir,
@@ -68,22 +73,25 @@ def ablate(
     command = "msmix " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     with AblationProgress(err) as progress:
         result = run_ablation(spec, command=command, on_event=progress)
-    render(result, output)
+    render(result, output, all_columns=columns is Columns.all)
     if result.failures:
         first = result.failures[0]
         raise RunFailed(f"{len(result.failures)} of {len(result.outcomes)} runs failed and are left out of the tables "
                         f"(first: {first.name}: {first.error}); rerun the command to retry them")
 
 
-def render(result: AblationResult, output: OutputFormat) -> None:
+def render(result: AblationResult, output: OutputFormat, all_columns: bool = False) -> None:
     """The summary on stdout (tables, JSON or CSV); what was trained and written on stderr."""
+    from msmix_cli.metrics import METRIC_NAMES
+
     if output is OutputFormat.json:
         print(to_json({"summary": result.summary, "runs": result.runs}))
     elif output is OutputFormat.csv:
         print(to_csv(result.summary), end="")
     else:
         for dataset, backbone in result.groups():
-            out.print(group_table(result, dataset, backbone))
+            names = METRIC_NAMES[DATASETS.get(dataset).metric_set]
+            print_table(group_table(result, dataset, backbone), names, all_columns)
     trained = sum(o.status == "trained" for o in result.outcomes)
     err.print(f"{trained} run(s) trained, {len(result.outcomes) - trained - len(result.failures)} reused, "
               f"{len(result.failures)} failed, in {result.wall_s:.1f} s", highlight=False)
@@ -93,6 +101,9 @@ def render(result: AblationResult, output: OutputFormat) -> None:
 
 
 def group_table(result: AblationResult, dataset: str, backbone: str) -> Table:
+    from msmix_cli.ablation import REFERENCE, variant_label
+    from msmix_cli.metrics import HIGHER_IS_BETTER, KEY_METRIC, METRIC_NAMES
+
     key = KEY_METRIC[DATASETS.get(dataset).metric_set]
     delta_column, p_column = f"Δ {display_name(key)}", "p"
     rows = []
@@ -113,6 +124,8 @@ def group_table(result: AblationResult, dataset: str, backbone: str) -> Table:
 
 
 def signed_delta(metric: str, delta: float) -> str:
+    from msmix_cli.metrics import HIGHER_IS_BETTER
+
     if math.isnan(delta):
         return "n/a"
     better = delta > 0 if HIGHER_IS_BETTER[metric] else delta < 0
@@ -144,6 +157,8 @@ class AblationProgress:
         self.progress.stop()
 
     def __call__(self, event: Event) -> None:
+        from msmix_cli.ablation import AblationPlanned, RunFinished
+
         if isinstance(event, AblationPlanned):
             self.planned(event)
         elif isinstance(event, RunFinished):

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
@@ -15,17 +15,18 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
                            TextColumn, TimeRemainingColumn, TransferSpeedColumn)
 from rich.table import Table
 
-from msmix_cli.cli.app import app, err, out, reports_errors
+from msmix_cli.cli.app import app, err, out, print_table, reports_errors
 from msmix_cli.cli.progress import live_bars
-from msmix_cli.data.download import DownloadReport, HttpSettings, download
-from msmix_cli.data.imported import import_csd, import_pickle
-from msmix_cli.data.inspect import Entry, Inspection, inspect_file
-from msmix_cli.data.loading import data_root_default
-from msmix_cli.data.mmsdk import DEFAULT_TOLERANCE
-from msmix_cli.data.preprocess import PreprocessReport, preprocess
-from msmix_cli.data.specs import DATASETS
+from msmix_cli.data.specs import DATASETS, DEFAULT_TOLERANCE, data_root_default
 from msmix_cli.errors import BadInput
 from msmix_cli.report import to_json
+
+if TYPE_CHECKING:
+    from msmix_cli.data.download import DownloadReport
+    from msmix_cli.data.inspect import Entry, Inspection
+    from msmix_cli.data.preprocess import PreprocessReport
+
+# The readers (h5py, NumPy) are imported when a command runs, so that `--help` answers at once.
 
 PUBLISHED = ", ".join(name for name in DATASETS if DATASETS.get(name).sources)
 DATA_ROOT_HELP = "Data folder (default $MSMIX_DATA_ROOT or ./data)."
@@ -99,14 +100,20 @@ def download_command(
 ) -> None:
     """Fetch a dataset's published files into <data-root>/raw/<dataset>/, resuming and verifying them.
 
+    Example: msmix download --dataset mosi --from ~/Downloads/MOSI   (MMSA's pickles, fetched by hand)
+
+    Example: msmix download --dataset mosi --source mmsdk   (the CMU SDK's .csd files, over HTTP)
+
     Example: msmix download --dataset mosi --source mmsdk --from ~/csd --features audio=covarep.csd
     """
+    from msmix_cli.data.download import HttpSettings, download
+
     http = HttpSettings(timeout=timeout, deadline=deadline, retries=retries, mirror=mirror)
     named = parse_features(features)
     with NamedBars(err, DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()) as progress:
         report = download(dataset, source, data_root=data_root or data_root_default(), from_path=from_path,
                           link=link, http=http, progress=progress, features=named)
-    out.print(download_table(report))
+    print_table(download_table(report))
 
 
 @app.command("preprocess")
@@ -148,9 +155,13 @@ def preprocess_command(
 ) -> None:
     """Turn a dataset's raw files into the cache `train` reads (<data-root>/cache/<dataset>-<setting>.h5).
 
+    Example: msmix preprocess --dataset mosi   (after msmix download --dataset mosi ...)
+
     Example: msmix preprocess --from my_features.pkl --name myfeats, then msmix train --dataset myfeats
     """
     if inspect is not None:
+        from msmix_cli.data.inspect import inspect_file
+
         inspection = inspect_file(inspect)
         if output is OutputFormat.json:
             print(to_json(asdict(inspection)))
@@ -164,6 +175,9 @@ def preprocess_command(
              "--features": bool(features), "--tolerance": tolerance is not None}
     check_import_options(dataset, source, from_pickle, csd, name, given)
     overlap = DEFAULT_TOLERANCE if tolerance is None else tolerance
+    from msmix_cli.data.imported import import_csd, import_pickle
+    from msmix_cli.data.preprocess import preprocess
+
     with NamedBars(err, MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as progress:
         if from_pickle is not None:
             report = import_pickle(name, from_pickle, data_root=root, setting=setting, label_range=label_range,
@@ -230,7 +244,7 @@ def render_preprocess(report: PreprocessReport) -> None:
         table.add_column(column, justify="right")
     for split, count in report.samples.items():
         table.add_row(split, str(count), *(f"{length}, {dim}" for length, dim in report.shape.values()))
-    out.print(table)
+    print_table(table)
     for note in report.notes:
         err.print(f"[dim]note:[/] {escape(note)}", highlight=False)
 
@@ -246,7 +260,7 @@ def render_inspection(inspection: Inspection) -> None:
                          no_wrap=column in ("key", "shape"))
     for entry in inspection.entries:
         table.add_row(*_entry_cells(entry))
-    out.print(table)
+    print_table(table)
 
 
 def _entry_cells(entry: Entry) -> tuple[str, ...]:

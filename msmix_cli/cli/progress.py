@@ -36,11 +36,11 @@ def live_bars(console: Console, *columns: ProgressColumn, transient: bool = True
 
 
 class TrainingProgress:
-    """A listener for `fit`: epoch and batch bars, running loss, validation MAE. Use as a context manager."""
+    """A listener for `fit`: epoch and batch bars, running loss, validation MAE, and a line per epoch on stderr
+    whatever the output format (stdout carries only the result). Use as a context manager."""
 
-    def __init__(self, console: Console, verbose: bool = True) -> None:
+    def __init__(self, console: Console) -> None:
         self.console = console
-        self.verbose = verbose
         self.progress = live_bars(
             console, TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"), TextColumn("valid MAE {task.fields[mae]}"), TimeElapsedColumn(),
@@ -58,6 +58,9 @@ class TrainingProgress:
         if isinstance(event, RunStarted):
             self.console.print(f"[dim]run[/] {escape(str(event.run_dir))}  [dim]data[/] {escape(event.description)}  "
                                f"[dim]device[/] {event.device}  [dim]parameters[/] {event.parameters:,}", highlight=False)
+            if event.resumed_from is not None:
+                self.console.print(f"resuming from epoch {event.resumed_from + 1} ({event.resumed_from} of "
+                                   f"{event.max_epochs} epochs were complete)", highlight=False)
             self.epochs = self.progress.add_task("epochs", total=event.max_epochs, loss="-", mae="-")
             self.batches = self.progress.add_task("epoch 1", total=event.batches_per_epoch, loss="-", mae="-")
         elif isinstance(event, BatchDone):
@@ -66,7 +69,6 @@ class TrainingProgress:
             mae = f"{event.valid_mae:.4f}"
             self.progress.update(self.epochs, completed=event.epoch, loss=f"{event.train_loss:.4f}", mae=mae)
             self.progress.update(self.batches, completed=0, mae=mae)
-            if self.verbose:
-                mark = "[green]*[/]" if event.improved else " "
-                self.console.print(f"epoch {event.epoch:3d}  train loss {event.train_loss:.4f}  valid loss {event.valid_loss:.4f}  "
-                                   f"valid MAE {mae} {mark}", highlight=False)
+            mark = "[green]*[/]" if event.improved else " "
+            self.console.print(f"epoch {event.epoch:3d}  train loss {event.train_loss:.4f}  valid loss {event.valid_loss:.4f}  "
+                               f"valid MAE {mae} {mark}", highlight=False)

@@ -17,7 +17,7 @@ from msmix_cli.ablation import AblationResult
 from msmix_cli.cli.ablate import AblationProgress, format_p, signed_delta
 from msmix_cli.cli.app import app, err, out, reports_errors
 from msmix_cli.cli.train import training_overrides
-from msmix_cli.data.loading import data_root_default
+from msmix_cli.data.specs import data_root_default
 from msmix_cli.data.specs import DATASETS
 from msmix_cli.errors import BadInput, RunFailed
 from msmix_cli.metrics import KEY_METRIC, METRIC_NAMES

@@ -36,10 +36,10 @@ import h5py
 import numpy as np
 
 from msmix_cli.data.cache import SplitArrays, damage_as_bad_input
+from msmix_cli.data.specs import DEFAULT_TOLERANCE  # noqa: F401 (defined with the records, read by --help)
 from msmix_cli.errors import BadInput, first_line
 from msmix_cli.types import MODALITIES
 
-DEFAULT_TOLERANCE = 1e-3  # seconds; an overlap this short or shorter does not count (see the module's docstring)
 SPLITS = ("train", "valid", "test")
 DENSE_BLOCK = 1 << 22  # elements of one block of the fallback overlap matrix (4 MiB of bools)
 

@@ -7,11 +7,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from msmix_cli.data.cache import IMPORTABLE_SETTINGS, cache_path, read_summary
 from msmix_cli.errors import BadInput
 from msmix_cli.registry import Registry
 
 DATA_ROOT_ENV = "MSMIX_DATA_ROOT"
+DEFAULT_TOLERANCE = 1e-3  # seconds a .csd overlap must exceed to count (msmix_cli/data/mmsdk.py says why)
 # An imported dataset's name becomes part of its cache's file name: one plain file-name component.
 IMPORTED_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
@@ -106,6 +106,9 @@ DATASETS = DatasetRegistry()
 
 def imported_spec(data_root: Path, name: str) -> DatasetSpec | None:
     """The record of dataset `name` imported under `data_root`, read from its caches' attributes; None if none."""
+    # Imported here: the cache module loads h5py and NumPy, which `msmix --help` (it lists the datasets) does without.
+    from msmix_cli.data.cache import IMPORTABLE_SETTINGS, cache_path, read_summary
+
     summaries = [read_summary(path) for setting in IMPORTABLE_SETTINGS
                  if (path := cache_path(data_root, name, setting)).is_file()]
     summaries = [s for s in summaries if s.dataset == name and s.like is not None]

@@ -72,6 +72,10 @@ class Mixer(nn.Module):
         """Mix samples of one batch. Returns None when nothing is mixed (the `none` mixer, batches of one)."""
         raise NotImplementedError
 
+    def used_parameters(self) -> int:
+        """Trainable parameters that take part in training (what `train --dry-run` counts)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
 
 MIXERS: Registry[type[Mixer]] = Registry("mixer")
 

@@ -50,6 +50,12 @@ class MSMix(Mixer):
         stats |= {f"intensity_{m}": i.detach() for m, i in intensity.items()}
         return Mix(mix_pairs(views, pairs, ratios), label[pairs[:, 0]], label[pairs[:, 1]], lam, loss, stats)
 
+    def used_parameters(self) -> int:
+        """The intensity predictors shape the model through SIG's ratios, or through SAL when it reaches the encoder
+        (`sal_to_encoder`); otherwise nothing the model computes depends on them, so they count for nothing."""
+        config = self.config
+        return super().used_parameters() if config.sig or (config.sal and config.sal_to_encoder) else 0
+
     def intensities(self, views: Multimodal) -> dict[str, Tensor]:
         """I^m per modality, [B] in (-3, 3). With `sal_to_encoder` off the predictors read detached latents,
         so neither SAL nor the mixing ratios send gradients into the backbone (msmix's option)."""

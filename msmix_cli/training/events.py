@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 
 @dataclass(frozen=True)
@@ -15,6 +15,7 @@ class RunStarted:
     parameters: int
     device: str
     description: str  # one line on the data trained on
+    resumed_from: int | None = None  # a resumed run: the last epoch complete before it stopped
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class EpochDone:
     valid_mae: float
     improved: bool
     best_epoch: int
+    row: dict[str, Any] = field(default_factory=dict)  # the epoch's history.csv row: loss terms, metrics, lr
 
 
 Event = Union[RunStarted, BatchDone, EpochDone]

@@ -23,6 +23,7 @@ from msmix_cli.errors import BadInput, Interrupted, MsmixError, RunFailed, first
 from msmix_cli.metrics import METRIC_NAMES, regression_metrics
 from msmix_cli.mixing import MIXERS, Mix, Mixer, build_mixer, mix_loss
 from msmix_cli.models import Backbone, build_backbone, count_parameters, task_loss
+from msmix_cli.naming import run_identity
 from msmix_cli.recipes import Recipe
 from msmix_cli.training import distributed
 from msmix_cli.training.diagnostics import EpochLog, intensity_correlations, parameter_parts, term_grad_norms
@@ -213,13 +214,13 @@ def fit(recipe: Recipe, run: RunDir, *, data_root: Path, command: str = "msmix t
     started = time.perf_counter()
     run, on_event = distributed.for_rank(run, on_event)
     try:
-        return _fit(recipe, run, data_root, command, on_event, resume, started)
+        return _fit(recipe, run, data_root, command, on_event, resume, test, started)
     except KeyboardInterrupt:  # a signal outside the epochs' safe points: while starting, or at the test evaluation
         mark_stopped(run, INTERRUPTED, started)
         raise Interrupted(f"stopped by {signals.name()}; {resume_hint(run)}") from None
 
 
-def _fit(recipe: Recipe, run: RunDir, data_root: Path, command: str, on_event: Listener, resume: bool,
+def _fit(recipe: Recipe, run: RunDir, data_root: Path, command: str, on_event: Listener, resume: bool, test: bool,
          started: float) -> dict[str, Any]:
     rng = seed_everything(recipe.train.seed)
     setup = build(recipe, data_root)
@@ -244,7 +245,8 @@ def _fit(recipe: Recipe, run: RunDir, data_root: Path, command: str, on_event: L
         state = checkpoint_into(run.last_file, device, lambda saved: restore(saved, model, mixer, optimizer, scheduler, scaler, rng))
     description = describe(setup)  # loads every split: a damaged one is refused before the run directory is written
     run.start(recipe, command, device, resumed_from=state["epoch"] if resume else None)
-    on_event(RunStarted(run.path, t.max_epochs, batches_per_epoch, count_parameters(model), str(device), description))
+    on_event(RunStarted(run.path, t.max_epochs, batches_per_epoch, count_parameters(model), str(device), description,
+                        resumed_from=state["epoch"] if resume else None))
 
     history: list[dict[str, Any]] = state["history"]
     best_loss, best_epoch = state["best_loss"], state["best_epoch"]
@@ -310,7 +312,8 @@ def _fit(recipe: Recipe, run: RunDir, data_root: Path, command: str, on_event: L
                                "scheduler": None if scheduler is None else scheduler.state_dict(), "scaler": scaler.state_dict(),
                                "epoch": epoch, "best_loss": best_loss, "best_epoch": best_epoch, "history": history,
                                "rng": capture_rng(rng)})
-                on_event(EpochDone(epoch, train_row["train_loss"], valid_loss, valid_metrics["MAE"], improved, best_epoch))
+                on_event(EpochDone(epoch, train_row["train_loss"], valid_loss, valid_metrics["MAE"], improved, best_epoch,
+                                   row=history[-1]))
 
         if test:
             distributed.barrier()  # rank 0 has written the best checkpoint
@@ -318,10 +321,11 @@ def _fit(recipe: Recipe, run: RunDir, data_root: Path, command: str, on_event: L
             metrics, _, _ = evaluate(setup, "test")
         else:
             metrics = valid_metrics_at(history, best_epoch, setup.metric_set)
-        result = {"split": "test" if test else "valid", "best_epoch": best_epoch, "epochs_run": len(history),
+        result = {**run_identity(recipe), "split": "test" if test else "valid", "best_epoch": best_epoch, "epochs_run": len(history),
                   "metrics": metrics}
         if test:
             run.write_metrics(json_safe(result))
+        draw_curves(run, history, recipe)
     except Interrupted:
         mark_stopped(run, INTERRUPTED, started)
         raise
@@ -331,6 +335,8 @@ def _fit(recipe: Recipe, run: RunDir, data_root: Path, command: str, on_event: L
         mark_stopped(run, FAILED, started)
         raise
     run.update_info(status=COMPLETE, best_epoch=best_epoch, wall_time_s=round(time.perf_counter() - started, 3))
+    if not t.keep_last:  # a complete run is never resumed: its resume point is only disk used
+        run.last_file.unlink(missing_ok=True)
     return result
 
 
@@ -345,6 +351,18 @@ def resume_hint(run: RunDir) -> str:
     if run.started:
         return f"resume with: msmix train --resume {run.path}"
     return f"nothing was written yet: run the same command again, which starts it in {run.path}"
+
+
+def draw_curves(run: RunDir, history: list[dict[str, Any]], recipe: Recipe) -> None:
+    """curves.png in the run directory, when matplotlib is installed (an optional extra) and this rank writes."""
+    from msmix_cli.curves import CURVES_FILE, curves_from_history, plot_curves
+    from msmix_cli.plots import PlotUnavailable
+
+    if not distributed.ranks().is_main:
+        return
+    title = f"{run.path.name}: {recipe.backbone} on {recipe.data.dataset}, {recipe.mix.name}, seed {recipe.train.seed}"
+    with contextlib.suppress(PlotUnavailable):
+        plot_curves([curves_from_history(run.path.name, history)], run.path / CURVES_FILE, title)
 
 
 def mark_stopped(run: RunDir, status: str, started: float) -> None:
@@ -415,7 +433,7 @@ def evaluate_run(run: RunDir, *, data_root: Path, split: str = "test", device: s
     setup = build(recipe, data_root, device)
     checkpoint_into(run.best_file, setup.device, lambda saved: setup.model.load_state_dict(saved["model"]))
     metrics, _, _ = evaluate(setup, split, perturb)
-    return json_safe({"split": split, "best_epoch": run.info().get("best_epoch"), "metrics": metrics})
+    return json_safe({**run_identity(recipe), "split": split, "best_epoch": run.info().get("best_epoch"), "metrics": metrics})
 
 
 def describe(setup: Setup) -> str:

@@ -1,13 +1,17 @@
 """A run directory: resolved recipe, checkpoints, history, metrics and a status marker, each written atomically.
 
     runs/<run>/ recipe.yaml  run.json (status: running | complete | failed | interrupted, versions, device,
-                wall time)  checkpoint.pt (best validation)  last.pt (resume point)  history.csv  metrics.json
+                wall time)  checkpoint.pt (best validation)  last.pt (resume point, removed once complete unless
+                train.keep_last)  history.csv  metrics.json
 
 A process that trains into a run directory holds an OS lock on the folder itself (flock) until it exits: a
 second process that wants the same folder is refused, and the lock never outlives its holder, not even a kill -9.
+A folder left empty when its run is refused (bad data, no such device) is removed when the lock is released.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import fcntl
 import json
@@ -103,8 +107,12 @@ class RunDir:
 
     def release(self) -> None:
         fd = _LOCKS.pop(self.path, None)
-        if fd is not None:
-            os.close(fd)
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):  # a refused run leaves no empty folder behind
+            if not any(self.path.iterdir()):
+                self.path.rmdir()
+        os.close(fd)
 
     @property
     def started(self) -> bool:
