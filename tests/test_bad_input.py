@@ -291,9 +291,9 @@ def command_lines(draw: st.DrawFn) -> list[str]:
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """One complete tiny run and its synth data root, for `evaluate` and `--resume` to meet a real run."""
+    """One complete tiny run (its last.pt kept) and its synth data root, for `evaluate` and `--resume` to meet."""
     root = tmp_path_factory.mktemp("real")
-    result = runner.invoke(app, ["train", "--backbone", "lmf", "--mix", "none", "--samples", "40", "--max-epochs", "1",
+    result = runner.invoke(app, ["train", "--backbone", "lmf", "--mix", "none", "--samples", "40", "--max-epochs", "1", "--keep-last",
                                  "--set", "train.threads=1", "--data-root", str(root / "data"), "--out", str(root),
                                  "--name", "real", "--format", "json"])
     assert result.exit_code == 0, result.output
