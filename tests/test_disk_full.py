@@ -276,7 +276,7 @@ def test_a_read_only_file_system_is_a_path_that_cannot_be_written(tmp_path, monk
     message = one_line_error(train(tmp_path), exit_code=2)
     run = tmp_path / "runs" / "run"
     assert message == f"error: could not write {run / 'recipe.yaml'}: Read-only file system"
-    assert not list(run.iterdir())
+    assert not any(run.glob("*"))  # left empty, or removed with its lock
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through any permission bits")

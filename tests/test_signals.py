@@ -105,7 +105,7 @@ def test_a_signal_before_the_recipe_is_written_says_to_run_the_same_command(tmp_
     result = runner.invoke(app, args)
     assert result.exit_code == 130
     assert "run the same command again" in error_line(result.stderr)
-    assert list((tmp_path / "runs" / "r").iterdir()) == []
+    assert not any((tmp_path / "runs" / "r").glob("*"))  # left empty, or removed with its lock
     monkeypatch.undo()
     assert runner.invoke(app, args).exit_code == 0
 

@@ -6,23 +6,25 @@ import shlex
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from msmix_cli import tuning
-from msmix_cli.ablation import AblationResult
 from msmix_cli.cli.ablate import AblationProgress, format_p, signed_delta
 from msmix_cli.cli.app import app, err, out, reports_errors
 from msmix_cli.cli.train import training_overrides
 from msmix_cli.data.specs import data_root_default
 from msmix_cli.data.specs import DATASETS
 from msmix_cli.errors import BadInput, RunFailed
-from msmix_cli.metrics import KEY_METRIC, METRIC_NAMES
-from msmix_cli.recipes import resolve_recipe
 from msmix_cli.report import comparison_table, display_name, format_metric
+
+if TYPE_CHECKING:
+    from msmix_cli import tuning
+    from msmix_cli.ablation import AblationResult
+
+# Optuna, torch and the training modules load inside the functions: `--help` must answer at once.
 
 
 class Sampler(str, Enum):
@@ -75,6 +77,8 @@ def tune(
 
     Example: msmix tune --study runs/tune/mosi-lmf-msmix --report
     """
+    from msmix_cli import tuning
+
     root = data_root or data_root_default()
     DATASETS.use_data_root(root)  # where imported datasets are looked up
     if show_report and final:
@@ -117,6 +121,9 @@ def tune(
 
 def new_spec(dataset: str | None, backbone: str | None, mix: str | None, recipe: Path | None, sets: list[str],
              space: Path | None, objective: str | None, max_epochs: int | None, samples: int | None) -> tuning.StudySpec:
+    from msmix_cli import tuning
+    from msmix_cli.recipes import resolve_recipe
+
     resolved = resolve_recipe(recipe, dataset=dataset, backbone=backbone, assignments=sets,
                               overrides=training_overrides(mix, None, None, max_epochs, samples, {}))
     space_path = space or tuning.default_space_path(resolved.mix.name)
@@ -166,6 +173,8 @@ def render_report(report: tuning.Report) -> None:
 
 
 def render_final(result: AblationResult, best: dict[str, Any]) -> None:
+    from msmix_cli import tuning
+
     setting = ", ".join(f"{k}={tuning.format_param(v)}" for k, v in best["params"].items())
     err.print(escape(f"best trial {best['trial']} (validation {best['value']:.4f}): {setting}"), highlight=False)
     for dataset, backbone in result.groups():
@@ -179,6 +188,9 @@ def render_final(result: AblationResult, best: dict[str, Any]) -> None:
 
 
 def final_table(result: AblationResult, dataset: str, backbone: str) -> Table:
+    from msmix_cli import tuning
+    from msmix_cli.metrics import KEY_METRIC, METRIC_NAMES
+
     metric_set = DATASETS.get(dataset).metric_set
     key = KEY_METRIC[metric_set]
     delta_column = f"Δ {display_name(key)}"

@@ -70,13 +70,13 @@ def random_missing(rate: float, seed: int, draw: int) -> Perturbation:
 def missing_rate_curve(run: RunDir, *, data_root: Path, rates: Sequence[float], draws: int, seed: int,
                        split: str = "test", device: str = "cpu") -> list[dict[str, Any]]:
     """One row per rate: the run's identity, the rate, and each metric's mean and std over the draws."""
-    from msmix_cli.training.loop import build, evaluate
+    from msmix_cli.training.loop import build, checkpoint_into, evaluate
 
     if draws < 1:
         raise BadInput(f"--missing-draws must be >= 1, got {draws}")
     recipe = run.recipe()
     setup = build(recipe, data_root, device)
-    setup.model.load_state_dict(run.load_best(setup.device)["model"])
+    checkpoint_into(run.best_file, setup.device, lambda saved: setup.model.load_state_dict(saved["model"]))
     rows = []
     for rate in rates:
         repeats = 1 if rate in (0.0, 1.0) else draws  # nothing is random at 0 or 1

@@ -32,6 +32,7 @@ from msmix_cli.recipes import Recipe, build_recipe, dump_recipe, read_yaml
 
 RUNNING, COMPLETE, FAILED, INTERRUPTED = "running", "complete", "failed", "interrupted"
 _LOCKS: dict[Path, int] = {}  # run folder -> the descriptor holding its lock (kept out of RunDir, which is pickled)
+_MADE: dict[Path, list[Path]] = {}  # run folder -> the folders `claim` created for it, innermost first
 
 
 def folder_name(name: str) -> str:
@@ -58,6 +59,8 @@ class RunDir:
         its dead writers removed. `numbered` (a default name): never an existing folder; name-2, name-3, ...
         instead, so that two runs started in the same second get a folder each."""
         base = Path(out) / folder_name(name)
+        new_run_folder = numbered or not base.exists()
+        new_parents = [folder for folder in (base.parent, *base.parent.parents) if not folder.exists()]
         try:
             base.parent.mkdir(parents=True, exist_ok=True)
             path = base
@@ -72,6 +75,7 @@ class RunDir:
             raise BadInput(f"cannot create run directory {base}: {error.strerror or error}") from None
         run = cls(path)
         run.take()
+        _MADE[run.path] = [run.path] * new_run_folder + new_parents
         return run
 
     @classmethod
@@ -109,9 +113,10 @@ class RunDir:
         fd = _LOCKS.pop(self.path, None)
         if fd is None:
             return
-        with contextlib.suppress(OSError):  # a refused run leaves no empty folder behind
-            if not any(self.path.iterdir()):
-                self.path.rmdir()
+        for folder in _MADE.pop(self.path, []):  # a refused run leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                if folder.exists() and not any(folder.iterdir()):
+                    folder.rmdir()
         os.close(fd)
 
     @property
