@@ -117,6 +117,14 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def is_resource_tracker(pid: int) -> bool:
+    """multiprocessing's resource tracker: not a worker; it exits on its own once its parent's pipe closes."""
+    try:
+        return b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def alive(pid: int) -> bool:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
@@ -131,7 +139,7 @@ def test_sigterm_to_a_parallel_ablation_stops_its_workers_and_a_rerun_finishes(t
             "--data-root", tmp_path / "data", "--out", tmp_path / "abl"]
     process = msmix(args, tmp_path)
     wait_until(lambda: any((tmp_path / "abl").glob("*/last.pt")), process)
-    workers = children(process.pid)
+    workers = [pid for pid in children(process.pid) if not is_resource_tracker(pid)]
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=LIMIT)
     assert process.returncode == 130, stderr
