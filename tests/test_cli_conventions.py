@@ -210,7 +210,7 @@ def test_an_explicit_resume_says_from_which_epoch(tmp_path):
 
 def test_make_demo_installs_no_test_extra(tmp_path):
     plan = subprocess.run(["make", "-n", "demo", f"VENV={tmp_path / 'venv'}"], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=1800)
     assert plan.returncode == 0, plan.stderr
     installs = [line for line in plan.stdout.splitlines() if "pip install" in line]
     assert installs and not any("[test" in line for line in installs)

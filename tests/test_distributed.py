@@ -69,7 +69,8 @@ def train(tmp_path: Path, name: str, *args: str) -> Path:
     command = [sys.executable, "-m", "msmix_cli", "train", "--recipe", str(recipe), "--data-root", str(tmp_path / "data"),
                "--out", str(tmp_path / "runs"), "--name", name, "--format", "json", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=400, env=env, cwd=tmp_path)
+    # generous: only a hung run reaches it, however busy the machine
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     return tmp_path / "runs" / name
 

@@ -15,9 +15,9 @@ from msmix_cli.mixing.base import MixConfig
 # MixConfig's defaults are the authors' behaviour; `name` and `preset` are not part of a preset.
 AUTHORS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(MixConfig) if f.name not in ("name", "preset")}
 
-# Each key departs from the authors for a measured reason (docs/msmix.md, "The msmix preset"): SAL and the
-# mixing ratio no longer train the encoder, the intensity predictors regress |y| instead of matching a batch
-# distribution, mixed samples are scored by the backbone's own task loss, and partners share the label's sign.
+# Each key departs from the authors for a measured reason (docs/msmix.md, "The two presets"): SAL and the
+# mixing ratio no longer train the encoder, the intensity predictors regress 3y/range instead of matching a
+# batch distribution, mixed samples are scored by the backbone's own task loss, and partners share the label's sign.
 MSMIX: dict[str, Any] = {
     **AUTHORS,
     "sal_to_encoder": False,
