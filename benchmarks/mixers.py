@@ -180,7 +180,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_xticks([i + width * (len(mixers) - 1) / 2 for i in range(len(groups))])
     ax.set_xticklabels([f"{b}\n{d}" for d, b in groups])
     ax.set_ylabel("test MAE − none's (paired mean; < 0 is better)")
-    ax.legend(fontsize=8)
+    if mixers:  # a run of `none` alone has no differences to show
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
