@@ -2,7 +2,7 @@
 
     python benchmarks/mixers.py                                   # six backbones on synth, 5 seeds
     python benchmarks/mixers.py --backbones tfn,lmf --pickle ~/mosi_features.pkl   # + TFN, LMF on a real pickle
-    python benchmarks/mixers.py --backbones lmf --seeds 1111,1112 --samples 600 --max-epochs 5   # a quick look
+    python benchmarks/mixers.py --backbones lmf --seeds 1111,1112 --samples 600 --max-epochs 5   # a smoke test: too small to rank mixers
 
 Each run is an ordinary `msmix train` run directory under --out (complete runs are reused, so an
 interrupted benchmark continues where it stopped). For each dataset × backbone it prints test MAE, Has0
