@@ -1,4 +1,4 @@
-"""Does MS-Mix help? Every backbone × {none, mixup, manifold, MS-Mix (authors), MS-Mix (msmix)} × seeds.
+"""Does MS-Mix help? Every backbone × {none, mixup, manifold, MS-Mix (authors), MS-Mix (msmix), msmix + SASS} × seeds.
 
     python benchmarks/mixers.py                                   # six backbones on synth, 5 seeds
     python benchmarks/mixers.py --backbones tfn,lmf --pickle ~/mosi_features.pkl   # + TFN, LMF on a real pickle
@@ -31,6 +31,7 @@ VARIANTS = {
     "manifold": Variant("manifold", {"name": "manifold"}),
     "msmix-authors": Variant("msmix-authors", {"name": "msmix", **apply_preset({"preset": "authors"})}),
     "msmix": Variant("msmix", {"name": "msmix", **apply_preset({"preset": "msmix"})}),
+    "msmix-sass": Variant("msmix-sass", {"name": "msmix", **apply_preset({"preset": "msmix", "sass": True})}),
 }
 REPORTED = {"MAE": "MAE", "Has0_acc_2": "Acc-2", "Corr": "Corr"}
 HIGHER_IS_BETTER = {"MAE": False, "Has0_acc_2": True, "Corr": True}

@@ -36,6 +36,7 @@ from msmix_cli.errors import BadInput, Interrupted, MsmixError, RunFailed
 from msmix_cli.io import atomic_write_text
 from msmix_cli.metrics import HIGHER_IS_BETTER, KEY_METRIC, METRIC_NAMES
 from msmix_cli.mixing import MIXERS
+from msmix_cli.naming import MIX_PARTS
 from msmix_cli.recipes import SEED_LIMIT, Recipe, resolve_recipe
 from msmix_cli.report import to_csv, to_json
 from msmix_cli.training.device import available_cores, resolve_device
@@ -43,7 +44,6 @@ from msmix_cli.training.events import Event as TrainingEvent, ignore
 from msmix_cli.training.loop import fit
 from msmix_cli.training.rundir import COMPLETE, RunDir
 
-MIX_PARTS = ("sass", "sig", "sal")
 REFERENCE = "msmix"  # the full model every variant is compared with
 STD_DDOF = 1  # sample standard deviation across seeds
 SAME_SPREAD = 1e-9  # a spread this small relative to the differences is float rounding: 0.9-0.8 vs 0.8-0.7

@@ -26,6 +26,12 @@ def test_defaults_are_msmix_with_its_preset_on_synth():
     assert recipe.data.dataset == "synth" and recipe.mix.name == "msmix" and recipe.mix.preset == "msmix"
     assert (recipe.mix.alpha, recipe.mix.delta, recipe.mix.w_mix, recipe.mix.w_sal) == (2.0, 0.4, 0.7, 0.5)
     assert (recipe.mix.sal_kind, recipe.mix.sal_scale, recipe.mix.same_polarity) == ("regression", 1.0, True)
+    assert recipe.mix.sass is False  # random partners: docs/msmix.md, "SASS off in the preset"
+
+
+def test_a_recipe_can_turn_sass_back_on_under_the_msmix_preset():
+    recipe = resolve_recipe(None, assignments=["mix.sass=true"])
+    assert recipe.mix.preset == "msmix" and recipe.mix.sass is True and recipe.mix.same_polarity is True
 
 
 def test_precedence_file_then_flags_then_set(tmp_path):

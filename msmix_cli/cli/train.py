@@ -109,7 +109,7 @@ def train(
     max_epochs: Optional[int] = typer.Option(None, "--max-epochs", show_default="the recipe's", help="Hard limit on epochs."),
     samples: Optional[int] = typer.Option(None, show_default="2199, MOSI's size", help="Size of the synthetic set (synth only)."),
     drop: Optional[str] = typer.Option(None, help="MS-Mix parts to switch off: sass,sig,sal."),
-    no_sass: bool = typer.Option(False, "--no-sass", help="Pairs drawn at random instead of by similarity."),
+    no_sass: bool = typer.Option(False, "--no-sass", help="Pairs drawn at random instead of by similarity (the msmix preset already does; --set mix.sass=true turns SASS on)."),
     no_sig: bool = typer.Option(False, "--no-sig", help="One Beta ratio for every modality."),
     no_sal: bool = typer.Option(False, "--no-sal", help="No sentiment alignment loss."),
     log_grad_norms: bool = typer.Option(False, "--log-grad-norms", help="history.csv gets each loss term's gradient "
