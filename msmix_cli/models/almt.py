@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from msmix_cli.errors import BadInput
 from msmix_cli.models.base import BACKBONES, Backbone, HeadOutput, Latents
+from msmix_cli.models.blocks import Dropout
 from msmix_cli.models.text_encoder import build_text_encoder, text_sequence, text_width
 from msmix_cli.types import MODALITIES, Batch, DataShape, Multimodal
 
@@ -57,7 +58,7 @@ class Attention(nn.Module):
         self.query = nn.Linear(dim, inner, bias=False)
         self.key = nn.Linear(dim, inner, bias=False)
         self.value = nn.Linear(dim, inner, bias=False)
-        self.out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout))
+        self.out = nn.Sequential(nn.Linear(inner, dim), Dropout(dropout))
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:
         q, k, v = (multi_head(proj(x), self.heads) for proj, x in ((self.query, q), (self.key, k), (self.value, v)))
@@ -77,7 +78,7 @@ class Layer(nn.Module):
         self.norm_q, self.norm_k, self.norm_v = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.attention = Attention(dim, heads, dim_head, dropout)
         self.mlp = nn.Sequential(
-            nn.LayerNorm(dim), nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_dim, dim), nn.Dropout(dropout),
+            nn.LayerNorm(dim), nn.Linear(dim, mlp_dim), nn.GELU(), Dropout(dropout), nn.Linear(mlp_dim, dim), Dropout(dropout),
         )
 
     def forward(self, x: Tensor, source: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
@@ -100,7 +101,7 @@ class TokenEmbedding(nn.Module):
         self.project = nn.Linear(in_dim, c.dim)
         self.tokens = nn.Parameter(torch.zeros(1, c.tokens, c.dim))
         self.positions = nn.Parameter(torch.randn(1, c.tokens + max_steps, c.dim))
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         self.layers = nn.ModuleList(Layer(c.dim, c.heads, c.dim_head, c.mlp_dim, c.dropout) for _ in range(c.embed_depth))
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
@@ -137,7 +138,7 @@ class HyperModalityLayer(nn.Module):
         self.key_vision = nn.Linear(dim, inner, bias=False)
         self.value_audio = nn.Linear(dim, inner, bias=False)
         self.value_vision = nn.Linear(dim, inner, bias=False)
-        self.out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout))
+        self.out = nn.Sequential(nn.Linear(inner, dim), Dropout(dropout))
 
     def forward(self, text: Tensor, audio: Tensor, vision: Tensor, hyper: Tensor) -> Tensor:
         text, audio, vision = self.norm_text(text), self.norm_audio(audio), self.norm_vision(vision)
@@ -157,7 +158,7 @@ class CrossFusion(nn.Module):
         self.token = nn.Parameter(torch.zeros(1, 1, c.dim))
         self.source_positions = nn.Parameter(torch.randn(1, c.tokens + 1, c.dim))
         self.target_positions = nn.Parameter(torch.randn(1, c.tokens + 1, c.dim))
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         self.layers = nn.ModuleList(Layer(c.dim, c.heads, c.dim_head, c.mlp_dim, c.dropout) for _ in range(c.fusion_depth))
 
     def forward(self, source: Tensor, target: Tensor) -> Tensor:

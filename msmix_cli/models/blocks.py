@@ -55,8 +55,8 @@ def outer_product(vectors: list[Tensor]) -> Tensor:
     return product
 
 
-def dropout_keep(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Dropout's multiplier for a tensor of `shape`: 0 with probability p, else 1 / (1 - p), for 0 < p < 1.
+def keep_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
+    """Dropout's draw for a tensor of `shape`: bool, False with probability p, for 0 < p < 1.
 
     torch's dropout draws one random number per element (`bernoulli_`: 70 ms on one CPU thread for TFN's
     32 x 140,481 fusion); here each 64-bit draw is cut into four 16-bit ones (6 ms), so an element is dropped
@@ -65,12 +65,29 @@ def dropout_keep(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.
     count = math.prod(shape)
     words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
     draws = words.view(torch.int16)[:count].view(shape)  # uniform over [-32768, 32767]
-    return (draws >= round(p * 65536) - 32768).to(dtype).mul_(1.0 / (1.0 - p))
+    return draws >= round(p * 65536) - 32768
 
 
-class WideDropout(nn.Module):
-    """`nn.Dropout` with `dropout_keep`'s cheaper draws, for activations of millions of elements per batch
-    (TFN's fusion). It has no state, so it replaces an nn.Dropout without changing a state_dict."""
+class _MaskedScale(torch.autograd.Function):
+    """x * keep * scale, keeping only the 1-byte `keep` for the backward pass; torch's CPU dropout keeps a
+    4-byte multiplier per element."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, keep: Tensor, scale: float) -> Tensor:
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return torch.mul(x, keep).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        (keep,) = ctx.saved_tensors
+        return torch.mul(grad, keep).mul_(ctx.scale), None, None
+
+
+class Dropout(nn.Module):
+    """`nn.Dropout` with `keep_mask`'s cheaper draws and a 1-byte mask on the CPU; on CUDA it is torch's, whose
+    fused kernel already draws cheaply and keeps a 1-byte mask. It has no state, so it replaces an
+    nn.Dropout without changing a state_dict: checkpoints of either load into the other."""
 
     def __init__(self, p: float) -> None:
         super().__init__()
@@ -79,25 +96,55 @@ class WideDropout(nn.Module):
         self.p = p
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0.0 or self.p == 1.0:
+        if not self.training or self.p in (0.0, 1.0) or x.is_cuda:
             return nn.functional.dropout(x, self.p, self.training)
-        return x * dropout_keep(x.shape, self.p, x.dtype, x.device)
+        return _MaskedScale.apply(x, keep_mask(x.shape, self.p, x.device), 1.0 / (1.0 - self.p))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class _DroppedWeightsTimesValues(torch.autograd.Function):
+    """(weights * keep * scale) @ values for attention weights [B, H, T, S]. It keeps the weights (which the
+    softmax keeps anyway) and the 1-byte mask, and recomputes the dropped weights in the backward pass: a
+    plain product would also keep the dropped weights, and torch's dropout a 4-byte multiplier, 9 bytes more
+    per weight, which MulT on unaligned data has tens of millions of per layer."""
+
+    @staticmethod
+    def forward(ctx, weights: Tensor, keep: Tensor, scale: float, values: Tensor) -> Tensor:
+        ctx.save_for_backward(weights, keep, values)
+        ctx.scale = scale
+        return torch.mul(weights, keep).mul_(scale) @ values
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None, Tensor | None]:
+        weights, keep, values = ctx.saved_tensors
+        grad_weights = grad_values = None
+        if ctx.needs_input_grad[3]:
+            grad_values = torch.mul(weights, keep).mul_(ctx.scale).transpose(-2, -1) @ grad
+        if ctx.needs_input_grad[0]:
+            grad_weights = (grad @ values.transpose(-2, -1)).mul_(keep).mul_(ctx.scale)
+        return grad_weights, None, None, grad_values
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float) -> Tensor:
     """Scaled dot-product attention over [B, H, T, d] queries and [B, H, S, d] keys and values.
 
     `mask` [B, 1, T, S] bool, True where query t may attend to key s. A masked key gets the dtype's lowest
-    value, not -inf, so a query with no visible key gets uniform (finite) weights rather than NaN. The
-    dropout of the weights stays torch's: drawing it with `dropout_keep` saved a twentieth of a MulT step but
-    kept a 4-byte multiplier per weight for the backward pass (torch keeps 1 byte), and MS-Mix on unaligned
-    MulT batches of 16 then ran out of 23 GB.
+    value, not -inf, so a query with no visible key gets uniform (finite) weights rather than NaN. Without
+    dropout (and on CUDA) this is torch's `scaled_dot_product_attention`. With dropout on the CPU torch
+    would fall back to a plain product that draws with `bernoulli_` (a quarter of an MMSA MulT step) and
+    keeps 12 bytes per attention weight for the backward pass; written out here, the draws are
+    `keep_mask`'s and the product `_DroppedWeightsTimesValues`, 5 bytes per weight.
     """
     bias = None if mask is None else torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, torch.finfo(q.dtype).min)
-    return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+    if dropout == 0.0 or q.is_cuda:
+        return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    if bias is not None:
+        scores = scores.add_(bias)
+    weights = scores.softmax(dim=-1)
+    return _DroppedWeightsTimesValues.apply(weights, keep_mask(weights.shape, dropout, weights.device), 1.0 / (1.0 - dropout), v)
 
 
 def sinusoidal_positions(steps: int, dim: int, device: torch.device | None = None) -> Tensor:
@@ -133,8 +180,8 @@ class TransformerLayer(nn.Module):
         self.attn = nn.MultiheadAttention(dim, heads, dropout=attn_dropout, batch_first=True)
         self.norm_attn = nn.LayerNorm(dim)
         self.norm_ffn = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.ReLU(), nn.Dropout(relu_dropout), nn.Linear(ffn_mult * dim, dim))
-        self.res_dropout = nn.Dropout(res_dropout)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.ReLU(), Dropout(relu_dropout), nn.Linear(ffn_mult * dim, dim))
+        self.res_dropout = Dropout(res_dropout)
 
     def forward(self, x: Tensor, kv: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         """`mask` [B, 1, T, S] bool from `attention_mask`, True where query t may attend to key s."""
@@ -168,7 +215,7 @@ class TransformerEncoder(nn.Module):
         super().__init__()
         self.dim = dim
         self.positions = positions
-        self.embed_dropout = nn.Dropout(embed_dropout)
+        self.embed_dropout = Dropout(embed_dropout)
         self.layers = nn.ModuleList(TransformerLayer(dim, heads, attn_dropout, relu_dropout, res_dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
 
@@ -188,24 +235,51 @@ class TransformerEncoder(nn.Module):
         return self.norm(x)
 
 
+def packed_lstm_final_state(rnn: nn.LSTM, packed: nn.utils.rnn.PackedSequence) -> Tensor:
+    """The final hidden state [B, H] of a one-layer, one-direction `rnn` over a packed batch, in the batch's
+    order: what `rnn(packed)[1][0][-1]` returns, computed step by step here.
+
+    torch's CPU LSTM projects the inputs of all steps at once and takes each step's rows with a slice, whose
+    backward writes a zero tensor as large as all the rows per step (LMF on MOSI: 50 x 1,880 x 512 floats
+    per batch). Here the rows are split once, so the backward joins the steps' gradients in one copy.
+    """
+    sizes = packed.batch_sizes.tolist()
+    inputs = nn.functional.linear(packed.data, rnn.weight_ih_l0, rnn.bias_ih_l0 + rnn.bias_hh_l0)
+    h = c = inputs.new_zeros(sizes[0], rnn.hidden_size)
+    finished = []  # the samples leave the batch shortest first (they are sorted longest first)
+    for step, size in zip(inputs.split(sizes), sizes):
+        if size < h.shape[0]:
+            finished.append(h[size:])
+            h, c = h[:size], c[:size]
+        i, f, g, o = torch.addmm(step, h, rnn.weight_hh_l0.t()).chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+    finished.append(h)
+    return torch.cat(finished[::-1])[packed.unsorted_indices]
+
+
 class LSTMSubnet(nn.Module):
     """TFN/LMF's text subnet: an LSTM over the valid steps, its final hidden state through dropout and a linear layer."""
 
     def __init__(self, in_dim: int, hidden: int, out_dim: int, dropout: float = 0.2, layers: int = 1, bidirectional: bool = False) -> None:
         super().__init__()
         self.rnn = nn.LSTM(in_dim, hidden, num_layers=layers, dropout=dropout if layers > 1 else 0.0, bidirectional=bidirectional, batch_first=True)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.linear = nn.Linear(hidden * (2 if bidirectional else 1), out_dim)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        return self.linear(self.dropout(self._final_state(x, lengths)))
+
+    def _final_state(self, x: Tensor, lengths: Tensor | None) -> Tensor:
         steps = None if lengths is None else lengths.clamp(1, x.shape[1]).cpu()
-        if steps is not None and bool((steps < x.shape[1]).any()):
-            packed = nn.utils.rnn.pack_padded_sequence(x, steps, batch_first=True, enforce_sorted=False)
-            _, (h, _) = self.rnn(packed)
-        else:  # every sequence is whole (aligned data, mostly): packing would only sort and copy
+        if steps is None or not bool((steps < x.shape[1]).any()):  # every sequence is whole: packing would only sort and copy
             _, (h, _) = self.rnn(x)
-        last = torch.cat([h[-2], h[-1]], dim=-1) if self.rnn.bidirectional else h[-1]
-        return self.linear(self.dropout(last))
+        else:
+            packed = nn.utils.rnn.pack_padded_sequence(x, steps, batch_first=True, enforce_sorted=False)
+            if self.rnn.num_layers == 1 and not self.rnn.bidirectional and not x.is_cuda:
+                return packed_lstm_final_state(self.rnn, packed)
+            _, (h, _) = self.rnn(packed)
+        return torch.cat([h[-2], h[-1]], dim=-1) if self.rnn.bidirectional else h[-1]
 
 
 class MLPSubnet(nn.Module):
@@ -214,7 +288,7 @@ class MLPSubnet(nn.Module):
     def __init__(self, in_dim: int, hidden: int, dropout: float) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.BatchNorm1d(in_dim), nn.Dropout(dropout),
+            nn.BatchNorm1d(in_dim), Dropout(dropout),
             nn.Linear(in_dim, hidden), nn.ReLU(),
             nn.Linear(hidden, hidden), nn.ReLU(),
             nn.Linear(hidden, hidden), nn.ReLU(),

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from msmix_cli.errors import BadInput
 from msmix_cli.models.attention import VectorFusionEncoder
 from msmix_cli.models.base import BACKBONES, Backbone, HeadOutput, Latents
-from msmix_cli.models.blocks import TransformerEncoder, lengths_to_mask, valid_lengths
+from msmix_cli.models.blocks import Dropout, TransformerEncoder, lengths_to_mask, valid_lengths
 from msmix_cli.models.text_encoder import build_text_encoder, text_width
 from msmix_cli.types import MODALITIES, Batch, DataShape, Multimodal
 
@@ -154,7 +154,7 @@ class ModalityAttention(nn.Module):
     def __init__(self, dim: int, dropout: float) -> None:
         super().__init__()
         self.scale = dim ** -0.5
-        self.score = nn.Sequential(nn.Linear(3 * dim, dim), nn.Dropout(dropout), nn.ReLU(), nn.Linear(dim, 3))
+        self.score = nn.Sequential(nn.Linear(3 * dim, dim), Dropout(dropout), nn.ReLU(), nn.Linear(dim, 3))
 
     def forward(self, vectors: list[Tensor]) -> tuple[Tensor, Tensor]:
         weights = (self.score(torch.cat(vectors, dim=1)) * self.scale).softmax(dim=1)

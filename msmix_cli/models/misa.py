@@ -11,7 +11,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from msmix_cli.models.attention import VectorFusionEncoder
 from msmix_cli.models.base import BACKBONES, Backbone, HeadOutput, Latents
-from msmix_cli.models.blocks import masked_mean, valid_lengths
+from msmix_cli.models.blocks import Dropout, masked_mean, valid_lengths
 from msmix_cli.models.text_encoder import build_text_encoder, text_sequence, text_width
 from msmix_cli.types import MODALITIES, Batch, DataShape, Multimodal
 
@@ -122,7 +122,7 @@ class MISA(Backbone):
         self.shared = sigmoid_layer(h)
         self.reconstruct = nn.ModuleDict({m: nn.Linear(h, h) for m in MODALITIES})
         self.fusion = VectorFusionEncoder(h, config.fusion_heads, 1, config.fusion_ffn, config.fusion_dropout)
-        self.out = nn.Sequential(nn.Linear(6 * h, 3 * h), nn.Dropout(config.dropout), nn.ReLU(), nn.Linear(3 * h, 1))
+        self.out = nn.Sequential(nn.Linear(6 * h, 3 * h), Dropout(config.dropout), nn.ReLU(), nn.Linear(3 * h, 1))
 
     def utterances(self, batch: Batch) -> dict[str, Tensor]:
         text, text_mask = text_sequence(batch, self.text_encoder)

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from msmix_cli.errors import BadInput
 from msmix_cli.models.base import BACKBONES, Backbone, HeadOutput, Latents
-from msmix_cli.models.blocks import TransformerEncoder, last_valid_step, valid_lengths
+from msmix_cli.models.blocks import Dropout, TransformerEncoder, last_valid_step, valid_lengths
 from msmix_cli.types import MODALITIES, Batch, DataShape, Multimodal
 
 
@@ -82,7 +82,7 @@ class MulT(Backbone):
                            "--set 'model.conv_kernels=[1,1,1]'")
         attn_dropout = dict(zip(MODALITIES, config.attn_dropouts))
         self.latent_dims = {m: d for m in MODALITIES}
-        self.text_dropout = nn.Dropout(config.text_dropout)
+        self.text_dropout = Dropout(config.text_dropout)
         self.projections = nn.ModuleDict({
             m: nn.Conv1d(shape.dims[m], d, kernel_size=self.kernels[m], padding=0, bias=False) for m in MODALITIES
         })
@@ -93,7 +93,7 @@ class MulT(Backbone):
         self.memory = nn.ModuleDict({m: self._encoder(2 * d, max(config.layers, 3), attn_dropout["text"]) for m in MODALITIES})
         fused_dim = 2 * d * len(MODALITIES)
         self.residual = nn.Sequential(
-            nn.Linear(fused_dim, fused_dim), nn.ReLU(), nn.Dropout(config.out_dropout), nn.Linear(fused_dim, fused_dim),
+            nn.Linear(fused_dim, fused_dim), nn.ReLU(), Dropout(config.out_dropout), nn.Linear(fused_dim, fused_dim),
         )
         self.out = nn.Linear(fused_dim, 1)
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from msmix_cli.models.base import BACKBONES, Backbone, HeadOutput, Latents
-from msmix_cli.models.blocks import UnimodalSubnets, WideDropout, append_one, outer_product
+from msmix_cli.models.blocks import Dropout, UnimodalSubnets, append_one, outer_product
 from msmix_cli.types import MODALITIES, Batch, DataShape, Multimodal
 
 
@@ -46,7 +46,7 @@ class TFN(Backbone):
         self.latent_dims = dict(self.subnets.out_dims)
         fused_dim = math.prod(width + 1 for width in self.latent_dims.values())
         self.post_fusion = nn.Sequential(
-            WideDropout(post_fusion_dropout),
+            Dropout(post_fusion_dropout),
             nn.Linear(fused_dim, config.post_fusion_dim), nn.ReLU(),
             nn.Linear(config.post_fusion_dim, config.post_fusion_dim), nn.ReLU(),
             nn.Linear(config.post_fusion_dim, 1),
