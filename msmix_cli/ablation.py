@@ -37,7 +37,7 @@ from msmix_cli.io import atomic_write_text
 from msmix_cli.metrics import HIGHER_IS_BETTER, KEY_METRIC, METRIC_NAMES
 from msmix_cli.mixing import MIXERS
 from msmix_cli.naming import MIX_PARTS
-from msmix_cli.recipes import SEED_LIMIT, Recipe, resolve_recipe
+from msmix_cli.recipes import SEED_LIMIT, Recipe, resolve_recipe, same_experiment
 from msmix_cli.report import to_csv, to_json
 from msmix_cli.training.device import available_cores, resolve_device
 from msmix_cli.training.events import Event as TrainingEvent, ignore
@@ -208,11 +208,6 @@ def run_state(run: PlannedRun) -> str:
     if not same:
         raise BadInput(f"{run.path} holds a complete run of another recipe; remove it or choose another --out")
     return REUSE
-
-
-def same_experiment(saved: Recipe, wanted: Recipe) -> bool:
-    """Equal recipes, but for `train.threads`: `--jobs` sets it in each child, and it changes no result."""
-    return dataclasses.replace(saved, train=dataclasses.replace(saved.train, threads=wanted.train.threads)) == wanted
 
 
 # ---------------------------------------------------------------- execution

@@ -21,7 +21,7 @@ import yaml
 
 from msmix_cli.data.specs import DATASETS
 from msmix_cli.errors import BadInput, first_line
-from msmix_cli.mixing import MIXERS, MixConfig
+from msmix_cli.mixing import MIXERS, MixConfig, mixer_settings
 from msmix_cli.mixing.presets import apply_preset
 from msmix_cli.models import BACKBONES
 
@@ -365,6 +365,15 @@ def resolve_recipe(
         flags.setdefault("model", {})["name"] = backbone
     merged = merge(merge(raw, flags), sets)
     return build_recipe(merged)
+
+
+def same_experiment(saved: Recipe, wanted: Recipe) -> bool:
+    """Whether a run saved with recipe `saved` is the run `wanted` asks for: equal recipes, but for
+    `train.threads` (it changes no result; `ablate --jobs` sets it in each child) and for the mix keys that
+    the mixer never reads (a `none` run is the same run whatever `mix.sass` or the preset says)."""
+    if mixer_settings(saved.mix) != mixer_settings(wanted.mix):
+        return False
+    return dataclasses.replace(saved, train=dataclasses.replace(saved.train, threads=wanted.train.threads), mix=wanted.mix) == wanted
 
 
 def dump_recipe(recipe: Recipe, command: str | None = None) -> str:

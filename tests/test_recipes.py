@@ -12,7 +12,7 @@ import pytest
 from msmix_cli.data.specs import DATASETS
 from msmix_cli.errors import BadInput
 from msmix_cli.models import BACKBONES
-from msmix_cli.recipes import build_recipe, dump_recipe, parse_overrides, read_yaml, recipes_dir, resolve_recipe
+from msmix_cli.recipes import build_recipe, dump_recipe, parse_overrides, read_yaml, recipes_dir, resolve_recipe, same_experiment
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -165,3 +165,20 @@ def test_a_symlink_loop_as_base_is_named_in_one_line(tmp_path):
     recipe.write_text("base: a.yaml\n")
     with pytest.raises(BadInput, match=r"cannot read recipe .*a\.yaml"):
         read_yaml(recipe)
+
+
+def lmf(*assignments: str):
+    return resolve_recipe(None, dataset="synth", backbone="lmf", assignments=list(assignments))
+
+
+def test_mix_keys_a_mixer_never_reads_do_not_make_another_experiment():
+    """A `none` run trained before the msmix preset changed (its recipe says mix.sass: true) is the run asked for
+    now; a key the mixer reads, or another mixer, is another experiment."""
+    assert same_experiment(lmf("mix.name=none", "mix.sass=true", "mix.alpha=0.5", "mix.preset=authors"), lmf("mix.name=none"))
+    assert same_experiment(lmf("mix.name=mixup", "mix.sass=true", "mix.w_sal=0.1"), lmf("mix.name=mixup"))
+    assert not same_experiment(lmf("mix.name=mixup", "mix.alpha=0.5"), lmf("mix.name=mixup"))
+    assert not same_experiment(lmf("mix.name=manifold", "mix.warmup_epochs=2"), lmf("mix.name=manifold"))
+    assert not same_experiment(lmf("mix.name=msmix", "mix.sass=true"), lmf("mix.name=msmix"))
+    assert not same_experiment(lmf("mix.name=none"), lmf("mix.name=manifold"))
+    assert not same_experiment(lmf("mix.name=none", "train.lr=0.5"), lmf("mix.name=none"))
+    assert same_experiment(lmf("mix.name=none", "train.threads=3"), lmf("mix.name=none"))

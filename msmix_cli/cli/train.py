@@ -187,6 +187,7 @@ def command_line() -> str:
 
 def choose_run(recipe: Recipe, out_dir: Path, name: str | None) -> tuple[RunDir, bool]:
     """The run directory to train into, locked, and whether it continues an interrupted run of the same recipe."""
+    from msmix_cli.recipes import same_experiment
     from msmix_cli.training.rundir import RunDir
 
     if name is None:
@@ -194,7 +195,7 @@ def choose_run(recipe: Recipe, out_dir: Path, name: str | None) -> tuple[RunDir,
     run = RunDir.claim(out_dir, name)
     try:
         if run.resumable:
-            if run.recipe() != recipe:
+            if not same_experiment(run.recipe(), recipe):
                 raise BadInput(f"{run.path} holds an interrupted run with another recipe; resume it with --resume or pick another --name")
             err.print(f"resuming the interrupted run in {escape(str(run.path))}", highlight=False)
             return run, True

@@ -6,7 +6,7 @@ inputs before `encode` ("input", vanilla Mixup) or on the latents `encode` retur
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -61,6 +61,9 @@ class Mix:
 
 class Mixer(nn.Module):
     point: ClassVar[Literal["input", "latent"]] = "latent"
+    # The MixConfig keys that change what this mixer (and the loop around it) does; a run's other mix keys are
+    # inert, so two recipes that differ only there are the same experiment (`recipes.same_experiment`).
+    reads: ClassVar[frozenset[str]] = frozenset(f.name for f in fields(MixConfig)) - {"preset"}
 
     def __init__(self, config: MixConfig, dims: dict[str, int], label_range: float) -> None:
         super().__init__()
@@ -78,6 +81,11 @@ class Mixer(nn.Module):
 
 
 MIXERS: Registry[type[Mixer]] = Registry("mixer")
+
+
+def mixer_settings(config: MixConfig) -> dict[str, object]:
+    """The keys of `config` that its mixer reads, with their values."""
+    return {key: getattr(config, key) for key in sorted(MIXERS.get(config.name).reads)}
 
 
 def build_mixer(config: MixConfig, dims: dict[str, int], label_range: float) -> Mixer:

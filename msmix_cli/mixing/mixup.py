@@ -10,6 +10,9 @@ from msmix_cli.mixing.base import MIXERS, Mix, Mixer, beta_draws, mix_pairs
 from msmix_cli.types import Multimodal
 
 
+PERMUTATION_KEYS = frozenset({"name", "alpha", "w_mix", "mix_loss", "warmup_epochs"})
+
+
 def permutation_mix(views: Multimodal, label: Tensor, rng: np.random.Generator, alpha: float) -> Mix | None:
     """Sample i mixes with perm[i] (K = B) with lam ~ Beta(alpha, alpha); a fixed point mixes with itself."""
     size = views.batch_size
@@ -27,6 +30,7 @@ class Mixup(Mixer):
     """Input-level Mixup: the training loop passes the raw input features, before `encode`."""
 
     point = "input"
+    reads = PERMUTATION_KEYS
 
     def forward(self, views: Multimodal, label: Tensor, rng: np.random.Generator) -> Mix | None:
         return permutation_mix(views, label, rng, self.config.alpha)
@@ -37,6 +41,7 @@ class ManifoldMixup(Mixer):
     """Manifold Mixup: the same mix, at the latent point where MS-Mix mixes."""
 
     point = "latent"
+    reads = PERMUTATION_KEYS
 
     def forward(self, views: Multimodal, label: Tensor, rng: np.random.Generator) -> Mix | None:
         return permutation_mix(views, label, rng, self.config.alpha)

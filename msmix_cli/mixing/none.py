@@ -11,5 +11,7 @@ from msmix_cli.types import Multimodal
 
 @MIXERS.register("none")
 class NoMix(Mixer):
+    reads = frozenset({"name"})
+
     def forward(self, views: Multimodal, label: Tensor, rng: np.random.Generator) -> Mix | None:
         return None
