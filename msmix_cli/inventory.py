@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from msmix_cli.naming import mix_label
 
 RUN_DEPTH = 3  # runs/<run>, runs/<ablation>/<run>, runs/<group>/<ablation>/<run>
@@ -121,6 +119,8 @@ def _json(path: Path) -> dict[str, Any]:
 
 
 def _yaml(path: Path) -> dict[str, Any]:
+    import yaml  # here, not at the top: every `--help` imports this module, and only `msmix ls` reads YAML
+
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError):
