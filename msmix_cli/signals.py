@@ -1,33 +1,65 @@
 """SIGINT and SIGTERM from the first instant of a command, before its seconds of imports.
 
-Both become KeyboardInterrupt wherever they land (the training loop replaces this with its own handler, which
-stops at a safe point); which signal it was is kept for the message. Imports nothing heavy, on purpose.
+Outside a command's own code (imports, Typer parsing the command line) and inside any import, a signal ends the
+process at once: one line, exit 130. A KeyboardInterrupt raised there is not safe: Typer turns it into a silent
+exit 130; an import it interrupts can swallow it or leave a module half-made (seen: RecursionError, exit 0); and
+one that escapes code run by `exec` (how `dataclass` makes every `__init__`) leaves CPython 3.11 killing itself
+with SIGINT at exit, whatever exit code we chose. Nothing of the user's is written there, and a run folder's
+lock is an flock the system lets go of, so there is nothing to clean up.
+
+Inside a command (`raising`) a signal becomes KeyboardInterrupt, so that `finally` blocks remove temporary files
+and the command can say how to go on; the training loop replaces this with its own handler, which stops at a
+safe point. Which signal it was is kept for the message. Imports nothing heavy, on purpose.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
-from typing import Any, NoReturn
+import sys
+from types import FrameType
+from typing import Iterator, NoReturn
 
 STOPPING = (signal.SIGINT, signal.SIGTERM)
 received: str | None = None
+_in_command = False
 
 
-def _interrupt(signum: int, _frame: Any) -> NoReturn:
+def _stop(signum: int, frame: FrameType | None) -> NoReturn:
     global received
     received = signal.Signals(signum).name
-    raise KeyboardInterrupt(received)
+    if _in_command and not _importing(frame):
+        raise KeyboardInterrupt(received)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a stream this signal interrupted mid-write refuses a reentrant flush
+            stream.flush()
+    os.write(2, f"error: stopped by {received}\n".encode())
+    os._exit(130)
+
+
+def _importing(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def install() -> None:
     for sig in STOPPING:
-        signal.signal(sig, _interrupt)
+        signal.signal(sig, _stop)
 
 
-def ignore() -> None:
-    """While a stopped command says why and exits: a second Ctrl-C must not cut that one line short."""
-    for sig in STOPPING:
-        signal.signal(sig, signal.SIG_IGN)
+@contextlib.contextmanager
+def raising() -> Iterator[None]:
+    """While a command's own code runs: signals raise KeyboardInterrupt, which the command turns into its message."""
+    global _in_command
+    outer, _in_command = _in_command, True
+    try:
+        yield
+    finally:
+        _in_command = outer
 
 
 def name() -> str:

@@ -72,6 +72,34 @@ def test_a_signal_while_the_command_starts_is_exit_130_and_one_line(tmp_path: Pa
     assert one_line(stderr) == f"error: stopped by {sig.name}"
 
 
+SIGNALLED_HERE = "os.kill(os.getpid(), signal.SIGTERM)\nwhile True: pass"  # the handler runs inside the loop
+
+
+def run_signalled(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`code` after signals.install(), with a module `signalled` on the path that signals itself while imported."""
+    # Its exec is how a dataclass makes its __init__: a KeyboardInterrupt escaping it made CPython 3.11 kill itself
+    # with SIGINT at exit (-2), whatever exit code the program chose.
+    (tmp_path / "signalled.py").write_text(f"import os, signal\nexec({SIGNALLED_HERE!r})\n")
+    script = f"import os, signal, sys\nfrom msmix_cli import signals\nsignals.install()\nsys.path.insert(0, {str(tmp_path)!r})\n{code}"
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=LIMIT)
+
+
+@pytest.mark.parametrize("code", [
+    SIGNALLED_HERE,  # start-up: Typer would have made a KeyboardInterrupt a silent exit 130
+    "import signalled",
+    "with signals.raising():\n    import signalled",  # a command's lazy import: it could be left half-made
+])
+def test_a_signal_outside_a_command_or_inside_an_import_ends_at_once_with_one_line(tmp_path: Path, code: str) -> None:
+    ended = run_signalled(code, tmp_path)
+    assert (ended.returncode, ended.stderr) == (130, "error: stopped by SIGTERM\n")
+
+
+def test_a_signal_inside_a_command_raises_keyboard_interrupt_for_it_to_clean_up(tmp_path: Path) -> None:
+    code = "with signals.raising():\n    try:\n        " + SIGNALLED_HERE.replace("\n", "\n        ") + "\n    except KeyboardInterrupt:\n        print(signals.name())"
+    ended = run_signalled(code, tmp_path)
+    assert (ended.returncode, ended.stdout, ended.stderr) == (0, "SIGTERM\n", "")
+
+
 def test_a_signal_at_the_test_evaluation_leaves_an_interrupted_run_that_resumes(tmp_path: Path, monkeypatch) -> None:
     from msmix_cli.training import loop
 

@@ -132,7 +132,8 @@ def reports_errors(command: F) -> F:
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            with signals.raising():
+                return command(*args, **kwargs)
         except MsmixError as error:
             print_error(str(error))
             raise typer.Exit(error.exit_code) from None
