@@ -94,6 +94,17 @@ def test_a_signal_outside_a_command_or_inside_an_import_ends_at_once_with_one_li
     assert (ended.returncode, ended.stderr) == (130, "error: stopped by SIGTERM\n")
 
 
+def test_a_signal_inside_an_import_of_a_command_stops_its_workers_too(tmp_path: Path) -> None:
+    worker = "subprocess.Popen([sys.executable, '-c', 'while True: pass'])"
+    ended = run_signalled(f"import subprocess\nprint({worker}.pid, flush=True)\nwith signals.raising():\n    import signalled", tmp_path)
+    assert (ended.returncode, ended.stderr) == (130, "error: stopped by SIGTERM\n")
+    pid = int(ended.stdout)
+    deadline = time.monotonic() + LIMIT
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not alive(pid)
+
+
 def test_a_signal_inside_a_command_raises_keyboard_interrupt_for_it_to_clean_up(tmp_path: Path) -> None:
     code = "with signals.raising():\n    try:\n        " + SIGNALLED_HERE.replace("\n", "\n        ") + "\n    except KeyboardInterrupt:\n        print(signals.name())"
     ended = run_signalled(code, tmp_path)
