@@ -68,6 +68,11 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
     return draws >= round(p * 65536) - 32768
 
 
+def dropped(x: Tensor, keep: Tensor, scale: float) -> Tensor:
+    """What dropout makes of `x` for the draw `keep`: x * keep * scale, in a new tensor."""
+    return torch.mul(x, keep).mul_(scale)
+
+
 class _MaskedScale(torch.autograd.Function):
     """x * keep * scale, keeping only the 1-byte `keep` for the backward pass; torch's CPU dropout keeps a
     4-byte multiplier per element."""
@@ -76,12 +81,12 @@ class _MaskedScale(torch.autograd.Function):
     def forward(ctx, x: Tensor, keep: Tensor, scale: float) -> Tensor:
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return torch.mul(x, keep).mul_(scale)
+        return dropped(x, keep, scale)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
         (keep,) = ctx.saved_tensors
-        return torch.mul(grad, keep).mul_(ctx.scale), None, None
+        return dropped(grad, keep, ctx.scale), None, None
 
 
 class Dropout(nn.Module):
@@ -114,14 +119,14 @@ class _DroppedWeightsTimesValues(torch.autograd.Function):
     def forward(ctx, weights: Tensor, keep: Tensor, scale: float, values: Tensor) -> Tensor:
         ctx.save_for_backward(weights, keep, values)
         ctx.scale = scale
-        return torch.mul(weights, keep).mul_(scale) @ values
+        return dropped(weights, keep, scale) @ values
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None, Tensor | None]:
         weights, keep, values = ctx.saved_tensors
         grad_weights = grad_values = None
         if ctx.needs_input_grad[3]:
-            grad_values = torch.mul(weights, keep).mul_(ctx.scale).transpose(-2, -1) @ grad
+            grad_values = dropped(weights, keep, ctx.scale).transpose(-2, -1) @ grad
         if ctx.needs_input_grad[0]:
             grad_weights = (grad @ values.transpose(-2, -1)).mul_(keep).mul_(ctx.scale)
         return grad_weights, None, None, grad_values
@@ -142,7 +147,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float)
         return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
     if bias is not None:
-        scores = scores.add_(bias)
+        scores.add_(bias)
     weights = scores.softmax(dim=-1)
     return _DroppedWeightsTimesValues.apply(weights, keep_mask(weights.shape, dropout, weights.device), 1.0 / (1.0 - dropout), v)
 
