@@ -1,5 +1,5 @@
 """The faster computations of the training step give what the plain ones give: TFN's fusion, the cheaper
-dropout, attention with one broadcast mask, the LSTM without packing, fused Adam."""
+dropout, attention with one broadcast mask, the LSTM without packing, TFN's wide layer, fused Adam."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from msmix_cli.models.blocks import (Dropout, LSTMSubnet, TransformerLayer, attend, attention_mask, keep_mask, outer_product,
-                                     packed_lstm_final_state)
+from msmix_cli.models.blocks import (Dropout, LSTMSubnet, TransformerLayer, WideLinear, attend, attention_mask, keep_mask,
+                                     outer_product, packed_lstm_final_state)
 from msmix_cli.recipes import resolve_recipe
 from msmix_cli.training.loop import build_networks, make_optimizer
 from msmix_cli.types import DataShape
@@ -60,6 +60,26 @@ def test_tfn_state_dict_keys_are_unchanged_by_msmix_dropout() -> None:
     model, _ = build_networks(recipe, DataShape({"text": 4, "audio": 3, "vision": 2}, {"text": 5, "audio": 5, "vision": 5}))
     assert {k for k in model.state_dict() if k.startswith("post_fusion.")} == {
         f"post_fusion.{i}.{kind}" for i in (1, 3, 5) for kind in ("weight", "bias")}
+
+
+@pytest.mark.parametrize("rows, inputs, input_grad", [(6, 2500, True), (4, 1024, True), (3, 700, False)])
+def test_wide_linear_is_nn_linear_and_so_are_its_gradients(rows: int, inputs: int, input_grad: bool) -> None:
+    torch.manual_seed(0)
+    wide = WideLinear(inputs, 8)
+    torch.manual_seed(0)
+    plain = nn.Linear(inputs, 8)
+    assert torch.equal(wide.weight, plain.weight) and torch.equal(wide.bias, plain.bias)  # same initialisation
+    x, upstream = torch.randn(rows, inputs), torch.randn(rows, 8)
+    x_wide, x_plain = x.clone().requires_grad_(input_grad), x.clone().requires_grad_(input_grad)
+    out_wide, out_plain = wide(x_wide), plain(x_plain)
+    out_wide.backward(upstream)
+    out_plain.backward(upstream)
+    torch.testing.assert_close(out_wide, out_plain)
+    torch.testing.assert_close(wide.weight.grad, plain.weight.grad)
+    torch.testing.assert_close(wide.bias.grad, plain.bias.grad)
+    if input_grad:
+        torch.testing.assert_close(x_wide.grad, x_plain.grad)
+    assert wide.state_dict().keys() == plain.state_dict().keys()
 
 
 def reference_layer(layer: TransformerLayer, x: torch.Tensor, kv: torch.Tensor | None, key_mask: torch.Tensor,

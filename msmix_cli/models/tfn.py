@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from msmix_cli.models.base import BACKBONES, Backbone, HeadOutput, Latents
-from msmix_cli.models.blocks import Dropout, UnimodalSubnets, append_one, outer_product
+from msmix_cli.models.blocks import Dropout, UnimodalSubnets, WideLinear, append_one, outer_product
 from msmix_cli.types import MODALITIES, Batch, DataShape, Multimodal
 
 
@@ -47,7 +47,7 @@ class TFN(Backbone):
         fused_dim = math.prod(width + 1 for width in self.latent_dims.values())
         self.post_fusion = nn.Sequential(
             Dropout(post_fusion_dropout),
-            nn.Linear(fused_dim, config.post_fusion_dim), nn.ReLU(),
+            WideLinear(fused_dim, config.post_fusion_dim), nn.ReLU(),
             nn.Linear(config.post_fusion_dim, config.post_fusion_dim), nn.ReLU(),
             nn.Linear(config.post_fusion_dim, 1),
         )
