@@ -165,7 +165,7 @@ class WideLinear(nn.Linear):
     """`nn.Linear` for very many inputs and few outputs (TFN's post-fusion layer: 140,481 -> 64); the same
     parameters, initialisation and state_dict. On one CPU thread MKL computes the two gradient products of such
     a layer, [B x 64] [64 x 140,481] and [64 x B] [B x 140,481], faster in blocks of 1,024 columns whose
-    operands stay in cache: a whole TFN training step 14 % faster at B = 32 (interleaved A/B, benchmarks/README)."""
+    operands stay in cache: a whole TFN training step 11–15 % faster at B = 32 (interleaved A/B, benchmarks/README)."""
 
     COLUMNS = 1024
 
